@@ -1,0 +1,20 @@
+# The two commands of the README: `make test` and `make demo`. Both set up what they
+# need on a fresh machine (the control plane is built from the Go module proxy and cached).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+ASSETS_ENV := METAL3_FAKENODE_ENVTEST_ASSETS
+
+.PHONY: test lint envtest demo
+
+## Build (once) kube-apiserver, etcd and the upstream CRDs; print where they are.
+envtest:
+	@hack/envtest-assets.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+## The whole suite: lint, unit tests and integration tests against real API servers.
+test: lint
+	assets=$$(hack/envtest-assets.sh)
+	$(ASSETS_ENV)=$$assets cargo test --locked

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Builds the local control plane for tests and the demo, from the Go module proxy only:
+#   - kube-apiserver and etcd, from the wrapper module in hack/envtest;
+#   - the upstream CRDs of CAPI (YAML shipped in its module) and of CAPM3 and the
+#     baremetal-operator (generated with controller-gen from their published api modules),
+#     pinned by hack/crds.
+# Everything lands in a cache directory outside the repository, keyed by version, so a
+# second run is a no-op. Prints the assets directory as its last line of stdout; progress
+# goes to stderr.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache_root=${METAL3_FAKENODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metal3-fakenode}
+log() { printf 'envtest-assets: %s\n' "$*" >&2; }
+
+if ! command -v go >/dev/null 2>&1; then
+  log "Go is not installed: it is needed to build kube-apiserver and etcd (Go >= 1.26)."
+  exit 1
+fi
+
+modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
+
+k8s_version=$(modver "$here/envtest" k8s.io/kubernetes)
+etcd_version=$(modver "$here/envtest" go.etcd.io/etcd/server/v3)
+capi_version=$(modver "$here/crds" sigs.k8s.io/cluster-api)
+capm3_version=$(modver "$here/crds" github.com/metal3-io/cluster-api-provider-metal3/api)
+bmo_version=$(modver "$here/crds" github.com/metal3-io/baremetal-operator/apis)
+cgen_version=$(modver "$here/crds" sigs.k8s.io/controller-tools)
+
+assets="$cache_root/envtest/k8s-$k8s_version-etcd-$etcd_version-capi-$capi_version-capm3-$capm3_version-bmo-$bmo_version"
+if [[ -x "$assets/kube-apiserver" && -x "$assets/etcd" && -f "$assets/crds/.complete" ]]; then
+  log "up to date: $assets"
+  echo "$assets"
+  exit 0
+fi
+
+mkdir -p "$cache_root/envtest"
+work=$(mktemp -d "$cache_root/envtest/.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+build_k8s() {
+  local major minor
+  major=${k8s_version#v}; major=${major%%.*}
+  minor=${k8s_version#v*.}; minor=${minor%%.*}
+  local pkg flags="" date
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  log "building kube-apiserver $k8s_version (the first build takes several minutes)..."
+  (cd "$here/envtest" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$flags" \
+    -o "$work/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  log "building etcd $etcd_version..."
+  (cd "$here/envtest" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
+    -o "$work/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_crds() {
+  log "collecting CRDs: CAPI $capi_version, CAPM3 $capm3_version, BMO $bmo_version (controller-gen $cgen_version)..."
+  mkdir -p "$work/crds/capi" "$work/crds/capm3" "$work/crds/bmo"
+  (cd "$here/crds" && go build -o "$work/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen)
+  local capi_dir
+  capi_dir=$(cd "$here/crds" && go mod download -json sigs.k8s.io/cluster-api | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  local f
+  for f in \
+    config/crd/bases/cluster.x-k8s.io_clusters.yaml \
+    config/crd/bases/cluster.x-k8s.io_machines.yaml \
+    config/crd/bases/cluster.x-k8s.io_machinesets.yaml \
+    config/crd/bases/cluster.x-k8s.io_machinedeployments.yaml \
+    config/crd/bases/cluster.x-k8s.io_machinehealthchecks.yaml \
+    controlplane/kubeadm/config/crd/bases/controlplane.cluster.x-k8s.io_kubeadmcontrolplanes.yaml \
+    bootstrap/kubeadm/config/crd/bases/bootstrap.cluster.x-k8s.io_kubeadmconfigs.yaml \
+    bootstrap/kubeadm/config/crd/bases/bootstrap.cluster.x-k8s.io_kubeadmconfigtemplates.yaml; do
+    install -m 0644 "$capi_dir/$f" "$work/crds/capi/"
+  done
+  # The same generator options as the upstream Makefiles.
+  (cd "$here/crds" && "$work/controller-gen" crd:crdVersions=v1 \
+    paths=github.com/metal3-io/cluster-api-provider-metal3/api/... output:crd:dir="$work/crds/capm3")
+  (cd "$here/crds" && "$work/controller-gen" crd:allowDangerousTypes=true,crdVersions=v1 \
+    paths=github.com/metal3-io/baremetal-operator/apis/metal3.io/v1alpha1 output:crd:dir="$work/crds/bmo")
+  rm "$work/controller-gen"
+  touch "$work/crds/.complete"
+}
+
+build_k8s
+build_crds
+rm -rf "$assets"
+mv "$work" "$assets"
+trap - EXIT
+"$assets/kube-apiserver" --version >&2
+log "ready: $assets"
+echo "$assets"
