@@ -1,3 +1,16 @@
 //! metal3-fakenode: fake kubelets for Metal3 / Cluster API scale tests.
+//!
+//! Reconcile = observe (reflector stores) -> [`plan`] (pure) -> [`apply`] (workload client).
 
+pub mod apply;
+pub mod cli;
+pub mod controller;
 pub mod envtest;
+pub mod error;
+pub mod fake;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod resources;
+pub mod telemetry;
+pub mod workload;

@@ -1,0 +1,168 @@
+//! The command line: one clap struct per subcommand; every flag also reads an environment
+//! variable (`FAKENODE_*`), as a Deployment sets them.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::workload::{ServerRewrite, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "metal3-fakenode",
+    version,
+    about = "Fake kubelets for Metal3 / Cluster API scale tests"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller: a Ready Node for every provisioned Metal3Machine.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Watch Metal3Machines only in this namespace (repeatable; default: all namespaces).
+    #[arg(long = "namespace", env = "FAKENODE_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Watch only Metal3Machines matching this label selector.
+    #[arg(long, env = "FAKENODE_SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Metal3Machines reconciled at once (per watched namespace).
+    #[arg(long, env = "FAKENODE_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: u16,
+
+    /// Where /metrics, /healthz and /readyz are served (`:8080` means all addresses).
+    #[arg(long, env = "FAKENODE_METRICS_BIND_ADDRESS", default_value = ":8080", value_parser = parse_bind_address)]
+    pub metrics_bind_address: SocketAddr,
+
+    /// Requests per second to the management cluster (Events; watches are not counted).
+    #[arg(long, env = "FAKENODE_KUBE_QPS", default_value = "50")]
+    pub kube_qps: NonZeroU32,
+
+    /// Burst above --kube-qps.
+    #[arg(long, env = "FAKENODE_KUBE_BURST", default_value = "100")]
+    pub kube_burst: NonZeroU32,
+
+    /// Requests per second to each workload cluster.
+    #[arg(long, env = "FAKENODE_WORKLOAD_QPS", default_value = "20")]
+    pub workload_qps: NonZeroU32,
+
+    /// Burst above --workload-qps.
+    #[arg(long, env = "FAKENODE_WORKLOAD_BURST", default_value = "40")]
+    pub workload_burst: NonZeroU32,
+
+    /// Connect timeout for workload API servers (e.g. 5s, 500ms).
+    #[arg(long, env = "FAKENODE_WORKLOAD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub workload_connect_timeout: Duration,
+
+    /// Timeout of one request to a workload API server.
+    #[arg(long, env = "FAKENODE_WORKLOAD_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub workload_request_timeout: Duration,
+
+    /// Rewrite workload API server URLs starting with FROM to start with TO (repeatable),
+    /// e.g. to reach them through a port-forward from outside the management cluster.
+    #[arg(
+        long = "workload-server-rewrite",
+        env = "FAKENODE_WORKLOAD_SERVER_REWRITES",
+        value_delimiter = ',',
+        value_name = "FROM=TO"
+    )]
+    pub workload_server_rewrites: Vec<ServerRewrite>,
+
+    /// Longest wait before retrying a Metal3Machine that failed (backoff is exponential).
+    #[arg(long, env = "FAKENODE_MAX_RETRY_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub max_retry_delay: Duration,
+
+    /// Log format.
+    #[arg(long, env = "FAKENODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    pub fn workload_settings(&self) -> Settings {
+        Settings {
+            connect_timeout: self.workload_connect_timeout,
+            request_timeout: self.workload_request_timeout,
+            qps: self.workload_qps,
+            burst: self.workload_burst,
+            rewrites: self.workload_server_rewrites.clone(),
+        }
+    }
+}
+
+/// `host:port`, or `:port` for every address (the Go controllers' convention).
+pub fn parse_bind_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|e| format!("{s:?} is not host:port or :port: {e}"))
+}
+
+/// A friendly duration: `5s`, `500ms`, `2m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let signed: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 5s, 500ms or 2m: {e}"))?;
+    Duration::try_from(signed).map_err(|_| format!("{s:?} is negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_and_durations() {
+        assert_eq!(
+            parse_bind_address(":8080").unwrap().to_string(),
+            "0.0.0.0:8080"
+        );
+        assert_eq!(parse_bind_address("127.0.0.1:9").unwrap().port(), 9);
+        assert!(parse_bind_address("8080").is_err());
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "metal3-fakenode",
+            "run",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--workload-server-rewrite",
+            "https://10.0.0.1:6443=https://127.0.0.1:1",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.namespaces, ["a", "b"]);
+        assert_eq!(args.workload_server_rewrites.len(), 1);
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert_eq!(args.metrics_bind_address.port(), 8080);
+    }
+}

@@ -1,0 +1,668 @@
+//! The kube-runtime wiring: watches and reflector stores, the reconcile of one
+//! Metal3Machine (observe -> plan -> apply), Events, metrics and the retry policy.
+//!
+//! Each watch scope (one namespace, or all) gets its own stores and Controller: a
+//! reflector store is filled by exactly one watcher, and several watchers feeding one
+//! store would wipe each other's objects at every re-list.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::apply;
+use crate::error::Error;
+use crate::http::Health;
+use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
+use crate::plan::{self, Lookup, Plan};
+use crate::resources::{
+    BareMetalHost, CLUSTER_NAME_LABEL, Cluster, Machine, Metal3Machine, PROVISIONED,
+};
+use crate::workload::{Settings, WorkloadClients};
+
+/// The controller name on Events and in logs.
+pub const CONTROLLER_NAME: &str = "metal3-fakenode";
+/// After a Node is ensured, look again this much later if CAPM3 has not closed the loop
+/// by then (someone may have deleted the Node).
+const RECHECK_AFTER: Duration = Duration::from_secs(300);
+
+/// What the controller watches and how hard it may push.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+    pub selector: Option<String>,
+    pub concurrency: u16,
+    pub kube_qps: std::num::NonZeroU32,
+    pub kube_burst: std::num::NonZeroU32,
+    pub workload: Settings,
+    pub max_retry_delay: Duration,
+    /// Names this replica on Events (e.g. the Pod name).
+    pub instance: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            selector: None,
+            concurrency: 32,
+            kube_qps: std::num::NonZeroU32::new(50).unwrap_or(std::num::NonZeroU32::MIN),
+            kube_burst: std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN),
+            workload: Settings::default(),
+            max_retry_delay: Duration::from_secs(300),
+            instance: None,
+        }
+    }
+}
+
+/// State shared by every watch scope.
+struct Shared {
+    recorder: Recorder,
+    event_limiter: DefaultDirectRateLimiter,
+    workloads: WorkloadClients,
+    metrics: Arc<Metrics>,
+    backoff: ExponentialBuilder,
+    max_retry_delay: Duration,
+    started: Timestamp,
+    /// Consecutive failures per Metal3Machine, for the retry backoff.
+    failures: Mutex<HashMap<ObjectRef<Metal3Machine>, usize>>,
+    /// Latency bookkeeping per Metal3Machine UID.
+    timings: Mutex<HashMap<String, Timing>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Timing {
+    /// When this process first saw the Metal3Machine need a Node.
+    needed: Option<Timestamp>,
+    /// When this process created its Node.
+    node_created: Option<Timestamp>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a panic cannot leave it torn.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The reflector stores of one watch scope.
+#[derive(Clone)]
+pub struct Stores {
+    pub metal3_machines: Store<Metal3Machine>,
+    pub hosts: Store<BareMetalHost>,
+    pub machines: Store<Machine>,
+    pub clusters: Store<Cluster>,
+    pub secrets: Store<Secret>,
+}
+
+impl Stores {
+    async fn wait_ready(&self) {
+        // Err means the writer is gone, i.e. the controller is shutting down.
+        let _ = futures::join!(
+            self.metal3_machines.wait_until_ready(),
+            self.hosts.wait_until_ready(),
+            self.machines.wait_until_ready(),
+            self.clusters.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+        );
+    }
+
+    /// Metal3Machines without a providerID whose host is provisioned.
+    fn pending(&self) -> usize {
+        self.metal3_machines
+            .state()
+            .iter()
+            .filter(|m| m.spec.provider_id.as_deref().is_none_or(str::is_empty))
+            .filter(|m| {
+                plan::host_ref(m).ok().is_some_and(|(ns, name)| {
+                    self.host(&ns, &name).is_some_and(|h| {
+                        h.status
+                            .as_ref()
+                            .is_some_and(|s| s.provisioning.state == PROVISIONED)
+                    })
+                })
+            })
+            .count()
+    }
+}
+
+fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    store.get(&ObjectRef::new(name).within(namespace))
+}
+
+impl Lookup for Stores {
+    fn host(&self, namespace: &str, name: &str) -> Option<Arc<BareMetalHost>> {
+        get(&self.hosts, namespace, name)
+    }
+    fn machine(&self, namespace: &str, name: &str) -> Option<Arc<Machine>> {
+        get(&self.machines, namespace, name)
+    }
+    fn cluster(&self, namespace: &str, name: &str) -> Option<Arc<Cluster>> {
+        get(&self.clusters, namespace, name)
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        get(&self.secrets, namespace, name)
+    }
+}
+
+struct Context {
+    shared: Arc<Shared>,
+    stores: Stores,
+}
+
+/// Runs the controller until `shutdown` resolves, then drains in-flight reconciles.
+/// `health` turns ready once every store of every scope has synced.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shared = Arc::new(Shared {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_NAME.into(),
+                instance: config.instance.clone(),
+            },
+        ),
+        event_limiter: RateLimiter::direct(
+            Quota::per_second(config.kube_qps).allow_burst(config.kube_burst),
+        ),
+        workloads: WorkloadClients::new(config.workload.clone()),
+        metrics: metrics.clone(),
+        backoff: ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(config.max_retry_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+        max_retry_delay: config.max_retry_delay,
+        started: Timestamp::now(),
+        failures: Mutex::default(),
+        timings: Mutex::default(),
+    });
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut scope_runs = Vec::new();
+    let mut all_stores = Vec::new();
+    for scope in scopes {
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let (stores, run) = scope_controller(&client, scope, &config, shared.clone(), stopped);
+        all_stores.push(stores);
+        scope_runs.push(run);
+    }
+    health.set_on_scrape({
+        let stores = all_stores.clone();
+        let shared = shared.clone();
+        move || {
+            let pending: usize = stores.iter().map(Stores::pending).sum();
+            shared.metrics.pending_machines.set(pending as i64);
+            shared
+                .metrics
+                .workload_clients
+                .set(shared.workloads.len() as i64);
+        }
+    });
+    let readiness = {
+        let health = health.clone();
+        async move {
+            for stores in &all_stores {
+                stores.wait_ready().await;
+            }
+            health.set_ready(true);
+            info!("all stores synced; ready");
+        }
+    };
+    let forward_shutdown = async move {
+        shutdown.await;
+        info!("shutting down: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    };
+    tokio::spawn(forward_shutdown);
+    tokio::spawn(readiness);
+    futures::future::join_all(scope_runs).await;
+    health.set_ready(false);
+}
+
+/// A watch over one scope, tolerant of API errors (retried with kube's default backoff)
+/// and trimmed of what is never read (managedFields), so 10,000 objects stay small.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .applied_objects()
+}
+
+fn trim_meta<K: ResourceExt>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// Other CAPI Secrets carry the cluster-name label too (CA, etcd, bootstrap data); only
+/// the kubeconfig's data is kept in memory.
+fn trim_secret(secret: &mut Secret) {
+    trim_meta(secret);
+    if !secret.name_any().ends_with("-kubeconfig") {
+        secret.data = None;
+        secret.string_data = None;
+    }
+}
+
+fn scope_controller<S>(
+    client: &Client,
+    scope: Option<String>,
+    config: &Config,
+    shared: Arc<Shared>,
+    stopped: S,
+) -> (Stores, impl Future<Output = ()> + Send + use<S>)
+where
+    S: Future<Output = ()> + Send + Sync + 'static,
+{
+    fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (metal3_machines, m3m_writer) = reflector::store();
+    let (hosts, host_writer) = reflector::store();
+    let (machines, machine_writer) = reflector::store();
+    let (clusters, cluster_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let mut m3m_config = watcher::Config::default();
+    if let Some(selector) = &config.selector {
+        m3m_config = m3m_config.labels(selector);
+    }
+    let m3m_stream = watch(api(client, &scope), m3m_config, m3m_writer, trim_meta);
+    let host_stream = watch(
+        api(client, &scope),
+        watcher::Config::default(),
+        host_writer,
+        trim_meta,
+    );
+    let machine_stream = watch(
+        api(client, &scope),
+        watcher::Config::default(),
+        machine_writer,
+        trim_meta,
+    );
+    let cluster_stream = watch(
+        api(client, &scope),
+        watcher::Config::default(),
+        cluster_writer,
+        trim_meta,
+    );
+    // Only Secrets CAPI labels with a cluster name: unrelated Secrets are never cached.
+    let secret_stream = watch(
+        api(client, &scope),
+        watcher::Config::default().labels(CLUSTER_NAME_LABEL),
+        secret_writer,
+        trim_secret,
+    );
+    let stores = Stores {
+        metal3_machines: metal3_machines.clone(),
+        hosts,
+        machines: machines.clone(),
+        clusters,
+        secrets,
+    };
+    let ctx = Arc::new(Context {
+        shared,
+        stores: stores.clone(),
+    });
+    let for_secret = machines.clone();
+    let for_cluster = machines;
+    let run = Controller::for_stream(m3m_stream, metal3_machines)
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .watches_stream(host_stream, |host| consumer_of(&host))
+        .watches_stream(machine_stream, |machine| infrastructure_of(&machine))
+        .watches_stream(secret_stream, move |secret| {
+            let cluster = secret.labels().get(CLUSTER_NAME_LABEL).cloned();
+            match (secret.namespace(), cluster) {
+                (Some(ns), Some(cluster)) => machines_of_cluster(&for_secret, &ns, &cluster),
+                _ => Vec::new(),
+            }
+        })
+        .watches_stream(cluster_stream, move |cluster| match cluster.namespace() {
+            Some(ns) => machines_of_cluster(&for_cluster, &ns, &cluster.name_any()),
+            None => Vec::new(),
+        })
+        .graceful_shutdown_on(stopped)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                // Reconcile errors were logged with their context already; what is left
+                // is the queue's own (e.g. an object gone before its turn).
+                debug!(error = %e, "controller");
+            }
+            futures::future::ready(())
+        });
+    (stores, run)
+}
+
+/// A host change concerns the Metal3Machine that consumes it.
+fn consumer_of(host: &BareMetalHost) -> Option<ObjectRef<Metal3Machine>> {
+    let consumer = host.spec.consumer_ref.as_ref()?;
+    if consumer.kind.as_deref() != Some("Metal3Machine") {
+        return None;
+    }
+    let namespace = consumer.namespace.clone().or_else(|| host.namespace())?;
+    Some(ObjectRef::new(consumer.name.as_deref()?).within(&namespace))
+}
+
+/// A Machine change (e.g. its cluster label) concerns its Metal3Machine.
+fn infrastructure_of(machine: &Machine) -> Option<ObjectRef<Metal3Machine>> {
+    let infra = &machine.spec.infrastructure_ref;
+    if infra.kind != "Metal3Machine" || infra.name.is_empty() {
+        return None;
+    }
+    Some(ObjectRef::new(&infra.name).within(&machine.namespace()?))
+}
+
+/// A kubeconfig Secret or Cluster change concerns every Metal3Machine of that cluster.
+fn machines_of_cluster(
+    machines: &Store<Machine>,
+    namespace: &str,
+    cluster: &str,
+) -> Vec<ObjectRef<Metal3Machine>> {
+    machines
+        .state()
+        .iter()
+        .filter(|m| m.namespace().as_deref() == Some(namespace))
+        .filter(|m| m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str) == Some(cluster))
+        .filter_map(|m| infrastructure_of(m))
+        .collect()
+}
+
+async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The controller starts once the Metal3Machine store is ready; the lookups need the
+    // others too, or a restart would report every host "not found".
+    ctx.stores.wait_ready().await;
+    let span = info_span!(
+        "reconcile",
+        namespace = m3m.namespace().unwrap_or_default(),
+        name = m3m.name_any()
+    );
+    let started = Instant::now();
+    let result = reconcile_one(&m3m, &ctx).instrument(span.clone()).await;
+    let label = match &result {
+        Ok((_, r)) => *r,
+        Err(_) => ReconcileResult::Error,
+    };
+    let shared = &ctx.shared;
+    shared
+        .metrics
+        .reconcile_duration
+        .with_label_values(&[label.label()])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((action, _)) => {
+            lock(&shared.failures).remove(&ObjectRef::from(m3m.as_ref()));
+            Ok(action)
+        }
+        Err(err) => {
+            shared.metrics.reconcile_error(&err);
+            warn!(parent: &span, reason = err.reason(), error = %err, "cannot give this Metal3Machine its Node");
+            publish(
+                shared,
+                &m3m,
+                EventType::Warning,
+                err.event_reason(),
+                err.to_string(),
+            )
+            .instrument(span)
+            .await;
+            Err(err)
+        }
+    }
+}
+
+async fn reconcile_one(
+    m3m: &Metal3Machine,
+    ctx: &Context,
+) -> Result<(Action, ReconcileResult), Error> {
+    let shared = &ctx.shared;
+    let uid = m3m.uid().unwrap_or_default();
+    let now = Timestamp::now();
+    match plan::plan(m3m, &ctx.stores, &Time(now))? {
+        Plan::Closed => {
+            let timing = lock(&shared.timings).remove(&uid);
+            if let Some(created) = timing.and_then(|t| t.node_created) {
+                shared
+                    .metrics
+                    .provider_id_latency
+                    .observe(elapsed_seconds(created, now));
+                debug!("CAPM3 set the providerID");
+            }
+            Ok((Action::await_change(), ReconcileResult::Closed))
+        }
+        Plan::WaitForHost { host, state } => {
+            debug!(%host, %state, "waiting for the host to be provisioned");
+            Ok((Action::await_change(), ReconcileResult::Waiting))
+        }
+        Plan::Ensure(desired) => {
+            let needed = {
+                let mut timings = lock(&shared.timings);
+                let timing = timings.entry(uid.clone()).or_default();
+                *timing.needed.get_or_insert(now)
+            };
+            let workload = shared
+                .workloads
+                .client(&desired.cluster, &desired.kubeconfig)
+                .await?;
+            shared
+                .metrics
+                .workload_clients
+                .set(shared.workloads.len() as i64);
+            let outcome = apply::ensure(&workload, &desired, &shared.metrics).await?;
+            let node = desired.node.metadata.name.clone().unwrap_or_default();
+            if outcome.kubeadm_config_created {
+                shared.metrics.kubeadm_configs_created.inc();
+                info!(cluster = %desired.cluster, "created kube-system/kubeadm-config");
+            }
+            if outcome.node_created.is_some() {
+                let created = Timestamp::now();
+                let start = needed_since(
+                    desired.provisioned_at.as_ref().map(|t| t.0),
+                    needed,
+                    shared.started,
+                );
+                let latency = elapsed_seconds(start, created);
+                shared.metrics.nodes_created.inc();
+                shared.metrics.node_creation_latency.observe(latency);
+                lock(&shared.timings).entry(uid).or_default().node_created = Some(created);
+                info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
+                publish(
+                    shared,
+                    m3m,
+                    EventType::Normal,
+                    "FakeNodeCreated".into(),
+                    format!(
+                        "created Ready Node {node} for host {} in workload cluster {}",
+                        desired.host, desired.cluster
+                    ),
+                )
+                .await;
+            } else if outcome.status_repaired {
+                info!(cluster = %desired.cluster, %node, "set the status of an existing Node");
+            }
+            Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
+        }
+    }
+}
+
+/// When the Metal3Machine started needing its Node. If the host finished provisioning
+/// before this process started, the need predates the process (a restart): the
+/// baremetal-operator's timestamp is the only record. Otherwise this process saw the need
+/// arise, and its own sub-second observation is the better clock. (The 1 s slack covers
+/// the API's whole-second timestamps.)
+pub fn needed_since(
+    provisioned_at: Option<Timestamp>,
+    first_seen: Timestamp,
+    process_started: Timestamp,
+) -> Timestamp {
+    match provisioned_at {
+        Some(p) if p + jiff::SignedDuration::from_secs(1) < process_started => p,
+        _ => first_seen,
+    }
+}
+
+async fn publish(
+    shared: &Shared,
+    m3m: &Metal3Machine,
+    type_: EventType,
+    reason: String,
+    note: String,
+) {
+    shared.event_limiter.until_ready().await;
+    let event = Event {
+        type_,
+        reason,
+        // The Events API caps a note at 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: "EnsureNode".into(),
+        secondary: None,
+    };
+    if let Err(e) = shared.recorder.publish(&event, &m3m.object_ref(&())).await {
+        warn!(error = %e, "cannot publish an Event");
+    }
+}
+
+fn error_policy(m3m: Arc<Metal3Machine>, _err: &Error, ctx: Arc<Context>) -> Action {
+    let shared = &ctx.shared;
+    let attempt = {
+        let mut failures = lock(&shared.failures);
+        let n = failures.entry(ObjectRef::from(m3m.as_ref())).or_insert(0);
+        *n += 1;
+        *n
+    };
+    Action::requeue(retry_delay(
+        &shared.backoff,
+        attempt,
+        shared.max_retry_delay,
+    ))
+}
+
+/// The delay before retry number `attempt` (1-based): exponential, jittered, capped.
+pub fn retry_delay(backoff: &ExponentialBuilder, attempt: usize, max: Duration) -> Duration {
+    backoff
+        .build()
+        .nth(attempt.saturating_sub(1))
+        .unwrap_or(max)
+        .min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let max = Duration::from_secs(60);
+        let b = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .without_max_times();
+        let delays: Vec<_> = (1..=10)
+            .map(|a| retry_delay(&b, a, max).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        // With jitter, never above the cap and never zero.
+        let j = b.with_jitter();
+        for a in 1..50 {
+            let d = retry_delay(&j, a, max);
+            assert!(d >= Duration::from_secs(1) && d <= max, "{a}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn the_need_predates_a_restart_only_by_the_operators_clock() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let started = t("2026-11-26T10:00:00Z");
+        let seen = t("2026-11-26T10:00:05.250Z");
+        // Provisioned long before this process started: a restart; use the BMO's time.
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T09:59:00Z")), seen, started),
+            t("2026-11-26T09:59:00Z")
+        );
+        // Provisioned while running (whole seconds): our own observation is finer.
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T10:00:05Z")), seen, started),
+            seen
+        );
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T09:59:59.5Z")), seen, started),
+            seen
+        );
+        assert_eq!(needed_since(None, seen, started), seen);
+    }
+
+    #[test]
+    fn a_host_maps_to_its_consumer_and_a_machine_to_its_infrastructure() {
+        let host: BareMetalHost = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "ns"},
+            "spec": {"consumerRef": {"kind": "Metal3Machine", "name": "m3m"}}
+        }))
+        .unwrap();
+        assert_eq!(consumer_of(&host), Some(ObjectRef::new("m3m").within("ns")));
+        let other: BareMetalHost = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "ns"},
+            "spec": {"consumerRef": {"kind": "Pod", "name": "p"}}
+        }))
+        .unwrap();
+        assert_eq!(consumer_of(&other), None);
+        let machine: Machine = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"clusterName": "c", "infrastructureRef":
+                     {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "Metal3Machine", "name": "m3m"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            infrastructure_of(&machine),
+            Some(ObjectRef::new("m3m").within("ns"))
+        );
+    }
+}

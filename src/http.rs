@@ -1,0 +1,93 @@
+//! `/metrics`, `/healthz` (the process serves) and `/readyz` (every store has synced).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// What the HTTP endpoints report on.
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    /// Brings gauges derived from the stores up to date just before a scrape.
+    on_scrape: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ready: AtomicBool::new(false),
+            on_scrape: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the scrape hook; only the first call takes effect.
+    pub fn set_on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_scrape.set(Box::new(hook));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if let Some(hook) = health.on_scrape.get() {
+        hook();
+    }
+    match health.metrics.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            text,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            e.to_string(),
+        ),
+    }
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stores not synced yet")
+    }
+}
+
+/// Binds first, so a busy port is an error at start-up rather than in the background.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(health))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,210 @@
+//! The Prometheus metrics. Names are a contract: the dashboard and the alert rules read
+//! them. No label ever names a cluster, machine or namespace, so cardinality stays bounded
+//! at 10,000 clusters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::Error;
+
+/// Milliseconds (an idle controller next to its API server) to minutes (a real host's
+/// boot time, or a scale test that overloads the management cluster).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Reconcile outcomes, the values of the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// The Node (and kubeadm-config) exist.
+    Ensured,
+    /// The host is not provisioned yet.
+    Waiting,
+    /// CAPM3 set the providerID; nothing to do.
+    Closed,
+    Error,
+}
+
+impl ReconcileResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ensured => "ensured",
+            Self::Waiting => "waiting",
+            Self::Closed => "closed",
+            Self::Error => "error",
+        }
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub node_creation_latency: Histogram,
+    pub provider_id_latency: Histogram,
+    pub reconcile_duration: HistogramVec,
+    pub nodes_created: IntCounter,
+    pub kubeadm_configs_created: IntCounter,
+    pub reconcile_errors: IntCounterVec,
+    pub pending_machines: IntGauge,
+    pub workload_clients: IntGauge,
+    pub workload_requests: IntCounterVec,
+    pub workload_request_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        };
+        let metrics = Self {
+            node_creation_latency: histogram(
+                "fakenode_node_creation_latency_seconds",
+                "From when a Metal3Machine first needed a Node (its BareMetalHost provisioned, \
+                 no providerID) to when the Node exists in its workload cluster.",
+            )?,
+            provider_id_latency: histogram(
+                "fakenode_provider_id_latency_seconds",
+                "From the Node's creation to the Metal3Machine having its providerID (the \
+                 rest of the loop, closed by CAPM3).",
+            )?,
+            reconcile_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "fakenode_reconcile_duration_seconds",
+                    "Time spent in one reconcile of a Metal3Machine, by result.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["result"],
+            )?,
+            nodes_created: IntCounter::new(
+                "fakenode_nodes_created_total",
+                "Nodes created in workload clusters.",
+            )?,
+            kubeadm_configs_created: IntCounter::new(
+                "fakenode_kubeadm_configs_created_total",
+                "kube-system/kubeadm-config ConfigMaps created in workload clusters.",
+            )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_reconcile_errors_total",
+                    "Reconciles that could not proceed, by reason.",
+                ),
+                &["reason"],
+            )?,
+            pending_machines: IntGauge::new(
+                "fakenode_pending_machines",
+                "Metal3Machines without a providerID whose host is provisioned: waiting for \
+                 a Node or for CAPM3 to pick it up.",
+            )?,
+            workload_clients: IntGauge::new(
+                "fakenode_workload_clients",
+                "Cached workload cluster clients.",
+            )?,
+            workload_requests: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_workload_requests_total",
+                    "Requests to workload API servers, by verb and HTTP status code \
+                     (\"error\" when no response came back).",
+                ),
+                &["verb", "code"],
+            )?,
+            workload_request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "fakenode_workload_request_duration_seconds",
+                    "Duration of requests to workload API servers, by verb.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["verb"],
+            )?,
+            registry,
+        };
+        metrics.register()?;
+        Ok(metrics)
+    }
+
+    fn register(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.node_creation_latency.clone()))?;
+        r.register(Box::new(self.provider_id_latency.clone()))?;
+        r.register(Box::new(self.reconcile_duration.clone()))?;
+        r.register(Box::new(self.nodes_created.clone()))?;
+        r.register(Box::new(self.kubeadm_configs_created.clone()))?;
+        r.register(Box::new(self.reconcile_errors.clone()))?;
+        r.register(Box::new(self.pending_machines.clone()))?;
+        r.register(Box::new(self.workload_clients.clone()))?;
+        r.register(Box::new(self.workload_requests.clone()))?;
+        r.register(Box::new(self.workload_request_duration.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "fakenode_build_info",
+                "Always 1; labels say which build runs.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        r.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        // Every reason from the start, so that rate() and alerts see a zero, not nothing.
+        for reason in Error::REASONS {
+            self.reconcile_errors.with_label_values(&[reason]);
+        }
+        Ok(())
+    }
+
+    pub fn reconcile_error(&self, err: &Error) {
+        self.reconcile_errors
+            .with_label_values(&[err.reason()])
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+/// Seconds from `start` to `end`, never negative: the two may come from different clocks
+/// (the baremetal-operator's, this process's), and a start in the future is clock skew, not
+/// a negative latency.
+pub fn elapsed_seconds(start: jiff::Timestamp, end: jiff::Timestamp) -> f64 {
+    end.duration_since(start).as_secs_f64().max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elapsed_time_is_clamped_at_zero() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let a = t("2026-11-26T10:00:00Z");
+        assert_eq!(elapsed_seconds(a, t("2026-11-26T10:00:01.250Z")), 1.25);
+        assert_eq!(
+            elapsed_seconds(t("2026-11-26T10:00:03Z"), a),
+            0.0,
+            "start in the future"
+        );
+        assert_eq!(elapsed_seconds(a, a), 0.0);
+    }
+
+    #[test]
+    fn every_family_renders_and_reasons_start_at_zero() {
+        let m = Metrics::new().unwrap();
+        m.nodes_created.inc();
+        m.reconcile_error(&Error::NoOwnerMachine);
+        let text = m.render().unwrap();
+        assert!(text.contains("fakenode_nodes_created_total 1"));
+        assert!(text.contains("fakenode_reconcile_errors_total{reason=\"no_owner_machine\"} 1"));
+        assert!(text.contains("fakenode_reconcile_errors_total{reason=\"node_conflict\"} 0"));
+        assert!(text.contains("fakenode_build_info{version="));
+        assert!(text.contains("fakenode_node_creation_latency_seconds_bucket{le=\"0.005\"} 0"));
+    }
+}
