@@ -16,5 +16,4 @@ lint:
 
 ## The whole suite: lint, unit tests and integration tests against real API servers.
 test: lint
-	assets=$$(hack/envtest-assets.sh)
-	$(ASSETS_ENV)=$$assets cargo test --locked
+	assets=$$(hack/envtest-assets.sh) && $(ASSETS_ENV)=$$assets cargo test --locked

@@ -131,11 +131,68 @@ async fn ensure_node(
         .await
         .map_err(|e| classify(&workload.cluster, e))?;
     }
+    lift_startup_taints(workload, metrics, node, &existing).await?;
     let repaired = created_at.is_none() && !is_ready(&existing);
     // A create that reached the server but whose answer was lost leaves a Node without a
     // creation time here; the next reconcile finds it and it counts as existing.
     Ok((created_at, repaired))
 }
+
+/// The API server's TaintNodesByCondition admission adds `node.kubernetes.io/not-ready`
+/// to every new Node; the node lifecycle controller lifts it once the kubelet reports
+/// Ready. Workload clusters of scale tests rarely run that controller, so for our Ready
+/// Node we lift it ourselves: the Node's taints become the desired ones. Only startup
+/// taints are dropped; a taint someone else added is kept.
+async fn lift_startup_taints(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+    desired: &Node,
+    existing: &Node,
+) -> Result<(), Error> {
+    let taints = |n: &Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+    };
+    let current = taints(existing);
+    let kept: Vec<_> = current
+        .iter()
+        .filter(|t| !STARTUP_TAINTS.contains(&t.key.as_str()))
+        .cloned()
+        .collect();
+    if kept.len() == current.len() {
+        return Ok(());
+    }
+    let mut wanted = taints(desired);
+    for t in kept {
+        if !wanted
+            .iter()
+            .any(|w| w.key == t.key && w.effect == t.effect)
+        {
+            wanted.push(t);
+        }
+    }
+    let name = existing.metadata.name.clone().unwrap_or_default();
+    let api: Api<Node> = Api::all(workload.client.clone());
+    let patch = json!({ "spec": { "taints": wanted } });
+    request(
+        workload,
+        metrics,
+        "patch",
+        api.patch(&name, &field_manager(), &Patch::Merge(&patch)),
+    )
+    .await
+    .map_err(|e| classify(&workload.cluster, e))?;
+    Ok(())
+}
+
+/// Taints a Node carries only until its kubelet reports Ready.
+const STARTUP_TAINTS: &[&str] = &[
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.cloudprovider.kubernetes.io/uninitialized",
+];
 
 fn post_params() -> PostParams {
     PostParams {

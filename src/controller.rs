@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -107,18 +107,20 @@ pub struct Stores {
     pub machines: Store<Machine>,
     pub clusters: Store<Cluster>,
     pub secrets: Store<Secret>,
+    /// One flag per watch, set once its first list is in the store. Not
+    /// `Store::wait_until_ready`: that future keeps a single waker, so concurrent waiters
+    /// (the controller's applier, the readiness probe, reconciles) would starve each other.
+    synced: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Stores {
+    /// Waits until every store of the scope has been filled by its first list.
     async fn wait_ready(&self) {
-        // Err means the writer is gone, i.e. the controller is shutting down.
-        let _ = futures::join!(
-            self.metal3_machines.wait_until_ready(),
-            self.hosts.wait_until_ready(),
-            self.machines.wait_until_ready(),
-            self.clusters.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-        );
+        for synced in &self.synced {
+            let mut synced = synced.clone();
+            // Err: the watch is gone, i.e. the controller is shutting down.
+            let _ = synced.wait_for(|s| *s).await;
+        }
     }
 
     /// Metal3Machines without a providerID whose host is provisioned.
@@ -258,15 +260,23 @@ fn watch<K>(
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
     trim: fn(&mut K),
+    synced: &mut Vec<tokio::sync::watch::Receiver<bool>>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    synced.push(rx);
     watcher(api, config)
         .default_backoff()
         .modify(trim)
         .reflect(writer)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                tx.send_replace(true);
+            }
+        })
         .applied_objects()
 }
 
@@ -315,24 +325,34 @@ where
     if let Some(selector) = &config.selector {
         m3m_config = m3m_config.labels(selector);
     }
-    let m3m_stream = watch(api(client, &scope), m3m_config, m3m_writer, trim_meta);
+    let mut synced = Vec::new();
+    let m3m_stream = watch(
+        api(client, &scope),
+        m3m_config,
+        m3m_writer,
+        trim_meta,
+        &mut synced,
+    );
     let host_stream = watch(
         api(client, &scope),
         watcher::Config::default(),
         host_writer,
         trim_meta,
+        &mut synced,
     );
     let machine_stream = watch(
         api(client, &scope),
         watcher::Config::default(),
         machine_writer,
         trim_meta,
+        &mut synced,
     );
     let cluster_stream = watch(
         api(client, &scope),
         watcher::Config::default(),
         cluster_writer,
         trim_meta,
+        &mut synced,
     );
     // Only Secrets CAPI labels with a cluster name: unrelated Secrets are never cached.
     let secret_stream = watch(
@@ -340,6 +360,7 @@ where
         watcher::Config::default().labels(CLUSTER_NAME_LABEL),
         secret_writer,
         trim_secret,
+        &mut synced,
     );
     let stores = Stores {
         metal3_machines: metal3_machines.clone(),
@@ -347,6 +368,7 @@ where
         machines: machines.clone(),
         clusters,
         secrets,
+        synced,
     };
     let ctx = Arc::new(Context {
         shared,

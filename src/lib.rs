@@ -12,5 +12,6 @@ pub mod http;
 pub mod metrics;
 pub mod plan;
 pub mod resources;
+pub mod simulate;
 pub mod telemetry;
 pub mod workload;

@@ -253,9 +253,9 @@ pub fn classify(cluster: &ClusterKey, err: kube::Error) -> Error {
         }
         other => {
             let message = error_chain(&other);
-            let lower = message.to_lowercase();
-            if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
-            {
+            // Certificate errors mean a CA or name mismatch: a configuration problem. A
+            // timeout during the handshake is an unreachable server, not a TLS problem.
+            if message.to_lowercase().contains("certificate") {
                 Error::WorkloadTls { cluster, message }
             } else if matches!(other, kube::Error::HyperError(_) | kube::Error::Service(_)) {
                 Error::WorkloadUnreachable { cluster, message }

@@ -1,7 +1,8 @@
 // Builds kube-apiserver and etcd from the Go module proxy for the local test
 // control plane. k8s.io/kubernetes pins its staging modules at v0.0.0 and
 // replaces them with ./staging, so a wrapper module must replace each with its
-// published v0.X.Y (kubernetes issue 79384). Regenerate with hack/envtest/update.sh.
+// published v0.X.Y (kubernetes issue 79384): keep the replace list in step with the
+// go.mod of the k8s.io/kubernetes tag when bumping it.
 module github.com/metal3-io/metal3-fakenode/hack/envtest
 
 go 1.26.0
