@@ -101,8 +101,13 @@ pub fn logs() {
 }
 
 pub async fn start_controller(config: Config) -> RunningController {
-    logs();
     let client = env().await.management.client().await.unwrap();
+    start_controller_as(client, config).await
+}
+
+/// The controller with the identity of `client` (e.g. the deploy's ServiceAccount).
+pub async fn start_controller_as(client: kube::Client, config: Config) -> RunningController {
+    logs();
     let metrics = Arc::new(Metrics::new().unwrap());
     let health = Arc::new(Health::new(metrics.clone()));
     let (stop, stopped) = stop_signal();
