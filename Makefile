@@ -4,7 +4,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 ASSETS_ENV := METAL3_FAKENODE_ENVTEST_ASSETS
 
-.PHONY: test lint envtest demo
+.PHONY: test lint rules envtest demo
 
 ## Build (once) kube-apiserver, etcd and the upstream CRDs; print where they are.
 envtest:
@@ -14,6 +14,12 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-## The whole suite: lint, unit tests and integration tests against real API servers.
-test: lint
+## promtool: the alert/recording rules, their unit tests and the dashboard's queries.
+## Installs Debian's prometheus package when missing (the tests also run its server).
+rules:
+	hack/test-prometheus-rules.sh
+
+## The whole suite: lint, rules, unit tests and integration tests against real API
+## servers and a real Prometheus.
+test: lint rules
 	assets=$$(hack/envtest-assets.sh) && $(ASSETS_ENV)=$$assets cargo test --locked

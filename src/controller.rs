@@ -524,7 +524,9 @@ async fn reconcile_one(
                 shared.metrics.kubeadm_configs_created.inc();
                 info!(cluster = %desired.cluster, "created kube-system/kubeadm-config");
             }
-            if outcome.node_created.is_some() {
+            // A Node counts once, by the process that makes it Ready: the one that created
+            // it, or the one that finds it not Ready yet (its creator was cut short).
+            if outcome.node_created.is_some() || outcome.status_repaired {
                 let created = Timestamp::now();
                 let start = needed_since(
                     desired.provisioned_at.as_ref().map(|t| t.0),
@@ -547,8 +549,6 @@ async fn reconcile_one(
                     ),
                 )
                 .await;
-            } else if outcome.status_repaired {
-                info!(cluster = %desired.cluster, %node, "set the status of an existing Node");
             }
             Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
         }

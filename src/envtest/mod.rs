@@ -5,7 +5,7 @@
 
 pub mod certs;
 pub mod crds;
-mod process;
+pub mod process;
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod webhook;
 
 use metal3_fakenode::envtest::{Assets, Environment};
