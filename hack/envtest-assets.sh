@@ -3,7 +3,10 @@
 #   - kube-apiserver and etcd, from the wrapper module in hack/envtest;
 #   - the upstream CRDs of CAPI (YAML shipped in its module) and of CAPM3 and the
 #     baremetal-operator (generated with controller-gen from their published api modules),
-#     pinned by hack/crds.
+#     pinned by hack/crds;
+#   - what tests/deploy.rs checks deploy/ with, pinned by hack/crds/deploy: the
+#     prometheus-operator ServiceMonitor CRD (YAML shipped in its module) and kustomize,
+#     so the tests need no preinstalled kubectl.
 # Everything lands in a cache directory outside the repository, keyed by version, so a
 # second run is a no-op. Prints the assets directory as its last line of stdout; progress
 # goes to stderr.
@@ -26,9 +29,12 @@ capi_version=$(modver "$here/crds" sigs.k8s.io/cluster-api)
 capm3_version=$(modver "$here/crds" github.com/metal3-io/cluster-api-provider-metal3/api)
 bmo_version=$(modver "$here/crds" github.com/metal3-io/baremetal-operator/apis)
 cgen_version=$(modver "$here/crds" sigs.k8s.io/controller-tools)
+promop_version=$(modver "$here/crds/deploy" github.com/prometheus-operator/prometheus-operator)
+kustomize_version=$(modver "$here/crds/deploy" sigs.k8s.io/kustomize/kustomize/v5)
 
-assets="$cache_root/envtest/k8s-$k8s_version-etcd-$etcd_version-capi-$capi_version-capm3-$capm3_version-bmo-$bmo_version"
-if [[ -x "$assets/kube-apiserver" && -x "$assets/etcd" && -f "$assets/crds/.complete" ]]; then
+k8s_key="k8s-$k8s_version-etcd-$etcd_version"
+assets="$cache_root/envtest/$k8s_key-capi-$capi_version-capm3-$capm3_version-bmo-$bmo_version-promop-$promop_version-kustomize-$kustomize_version"
+if [[ -x "$assets/kube-apiserver" && -x "$assets/etcd" && -x "$assets/kustomize" && -f "$assets/crds/.complete" ]]; then
   log "up to date: $assets"
   echo "$assets"
   exit 0
@@ -37,6 +43,20 @@ fi
 mkdir -p "$cache_root/envtest"
 work=$(mktemp -d "$cache_root/envtest/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+
+# The slow part: reuse the binaries of an assets directory for the same Kubernetes and
+# etcd versions when only the CRD or kustomize pins changed.
+reuse_k8s() {
+  local old
+  for old in "$cache_root/envtest/$k8s_key"-*; do
+    if [[ -x "$old/kube-apiserver" && -x "$old/etcd" ]]; then
+      log "reusing kube-apiserver $k8s_version and etcd $etcd_version from $old"
+      cp "$old/kube-apiserver" "$old/etcd" "$work/"
+      return 0
+    fi
+  done
+  return 1
+}
 
 build_k8s() {
   local major minor
@@ -80,11 +100,25 @@ build_crds() {
   (cd "$here/crds" && "$work/controller-gen" crd:allowDangerousTypes=true,crdVersions=v1 \
     paths=github.com/metal3-io/baremetal-operator/apis/metal3.io/v1alpha1 output:crd:dir="$work/crds/bmo")
   rm "$work/controller-gen"
+  log "collecting the ServiceMonitor CRD of prometheus-operator $promop_version..."
+  mkdir -p "$work/crds/prometheus-operator"
+  local promop_dir
+  promop_dir=$(cd "$here/crds/deploy" && go mod download -json github.com/prometheus-operator/prometheus-operator | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+  install -m 0644 "$promop_dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+    "$work/crds/prometheus-operator/"
   touch "$work/crds/.complete"
 }
 
-build_k8s
+# `go install module@version` builds kustomize from its own go.mod, as released.
+build_kustomize() {
+  log "building kustomize $kustomize_version..."
+  (cd "$work" && GOBIN="$work" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kustomize/kustomize/v5@$kustomize_version")
+}
+
+reuse_k8s || build_k8s
 build_crds
+build_kustomize
 rm -rf "$assets"
 mv "$work" "$assets"
 trap - EXIT
