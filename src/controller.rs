@@ -14,7 +14,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{StreamExt, TryStreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
@@ -71,10 +71,14 @@ impl Default for Config {
     }
 }
 
+/// Events waiting for the publisher; beyond this many, new ones are dropped (and counted).
+const EVENT_QUEUE: usize = 1024;
+
 /// State shared by every watch scope.
 struct Shared {
-    recorder: Recorder,
-    event_limiter: DefaultDirectRateLimiter,
+    /// Events are best-effort, as in client-go: queued for a rate-limited publisher so that
+    /// a burst of Events never slows down the creation of Nodes.
+    events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     workloads: WorkloadClients,
     metrics: Arc<Metrics>,
     backoff: ExponentialBuilder,
@@ -179,17 +183,19 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: config.instance.clone(),
+        },
+    );
+    let limiter =
+        RateLimiter::direct(Quota::per_second(config.kube_qps).allow_burst(config.kube_burst));
+    let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let publisher = tokio::spawn(publish_events(queue, recorder, limiter));
     let shared = Arc::new(Shared {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: CONTROLLER_NAME.into(),
-                instance: config.instance.clone(),
-            },
-        ),
-        event_limiter: RateLimiter::direct(
-            Quota::per_second(config.kube_qps).allow_burst(config.kube_burst),
-        ),
+        events,
         workloads: WorkloadClients::new(config.workload.clone()),
         metrics: metrics.clone(),
         backoff: ExponentialBuilder::default()
@@ -222,8 +228,12 @@ pub async fn run(
     }
     health.set_on_scrape({
         let stores = all_stores.clone();
-        let shared = shared.clone();
+        // Weak: the hook outlives the controller, which must drop `shared` to stop.
+        let shared = Arc::downgrade(&shared);
         move || {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
             let pending: usize = stores.iter().map(Stores::pending).sum();
             shared.metrics.pending_machines.set(pending as i64);
             shared
@@ -251,6 +261,22 @@ pub async fn run(
     tokio::spawn(readiness);
     futures::future::join_all(scope_runs).await;
     health.set_ready(false);
+    // The last sender goes with `shared`; the publisher then drains the queue and stops.
+    drop(shared);
+    let _ = publisher.await;
+}
+
+async fn publish_events(
+    mut queue: tokio::sync::mpsc::Receiver<(Event, ObjectReference)>,
+    recorder: Recorder,
+    limiter: DefaultDirectRateLimiter,
+) {
+    while let Some((event, regarding)) = queue.recv().await {
+        limiter.until_ready().await;
+        if let Err(e) = recorder.publish(&event, &regarding).await {
+            warn!(error = %e, reason = %event.reason, "cannot publish an Event");
+        }
+    }
 }
 
 /// A watch over one scope, tolerant of API errors (retried with kube's default backoff)
@@ -473,9 +499,7 @@ async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Context>) -> Result<Action,
                 EventType::Warning,
                 err.event_reason(),
                 err.to_string(),
-            )
-            .instrument(span)
-            .await;
+            );
             Err(err)
         }
     }
@@ -547,8 +571,7 @@ async fn reconcile_one(
                         "created Ready Node {node} for host {} in workload cluster {}",
                         desired.host, desired.cluster
                     ),
-                )
-                .await;
+                );
             }
             Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
         }
@@ -571,14 +594,8 @@ pub fn needed_since(
     }
 }
 
-async fn publish(
-    shared: &Shared,
-    m3m: &Metal3Machine,
-    type_: EventType,
-    reason: String,
-    note: String,
-) {
-    shared.event_limiter.until_ready().await;
+/// Queues an Event about the Metal3Machine; drops it (counted) if the queue is full.
+fn publish(shared: &Shared, m3m: &Metal3Machine, type_: EventType, reason: String, note: String) {
     let event = Event {
         type_,
         reason,
@@ -587,8 +604,13 @@ async fn publish(
         action: "EnsureNode".into(),
         secondary: None,
     };
-    if let Err(e) = shared.recorder.publish(&event, &m3m.object_ref(&())).await {
-        warn!(error = %e, "cannot publish an Event");
+    if shared
+        .events
+        .try_send((event, m3m.object_ref(&())))
+        .is_err()
+    {
+        shared.metrics.events_dropped.inc();
+        debug!("Event queue full: Event dropped");
     }
 }
 

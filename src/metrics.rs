@@ -50,6 +50,7 @@ pub struct Metrics {
     pub workload_clients: IntGauge,
     pub workload_requests: IntCounterVec,
     pub workload_request_duration: HistogramVec,
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -117,6 +118,10 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["verb"],
             )?,
+            events_dropped: IntCounter::new(
+                "fakenode_events_dropped_total",
+                "Kubernetes Events dropped because the publishing queue was full.",
+            )?,
             registry,
         };
         metrics.register()?;
@@ -135,6 +140,7 @@ impl Metrics {
         r.register(Box::new(self.workload_clients.clone()))?;
         r.register(Box::new(self.workload_requests.clone()))?;
         r.register(Box::new(self.workload_request_duration.clone()))?;
+        r.register(Box::new(self.events_dropped.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "fakenode_build_info",
