@@ -19,6 +19,12 @@ lint:
 rules:
 	hack/test-prometheus-rules.sh
 
+## The main job: a local scale run with a report (override DEMO_ARGS, e.g.
+## DEMO_ARGS="--clusters 1000 --ceiling"). Builds the control plane first if needed.
+DEMO_ARGS ?= --clusters 100 --ceiling --report target/demo-report.json --plot target/demo.svg
+demo:
+	assets=$$(hack/envtest-assets.sh) && $(ASSETS_ENV)=$$assets cargo run --release --locked -- demo $(DEMO_ARGS)
+
 ## The whole suite: lint, rules, unit tests and integration tests against real API
 ## servers and a real Prometheus.
 test: lint rules

@@ -24,6 +24,52 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller: a Ready Node for every provisioned Metal3Machine.
     Run(RunArgs),
+    /// A local scale run: real control planes, N simulated workload clusters, the
+    /// controller as its own process, and a report.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DemoArgs {
+    /// Workload clusters (one namespace and one control-plane machine each).
+    #[arg(long, default_value_t = 100)]
+    pub clusters: usize,
+
+    /// Worker machines per cluster.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+
+    /// Workload API servers the clusters are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub workload_apiservers: usize,
+
+    /// Machines per second (default: all at once, a burst).
+    #[arg(long)]
+    pub arrival_rate: Option<f64>,
+
+    /// Also measure the fastest a plain client creates the same Nodes (the ceiling).
+    #[arg(long)]
+    pub ceiling: bool,
+
+    /// The controller's --concurrency (and the ceiling's).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u16,
+
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+
+    /// Write an SVG chart: Nodes created over time and the latency distribution.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+
+    /// Leave the control planes running and print their kubeconfigs (until Ctrl-C).
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Give up after this long.
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -159,7 +205,9 @@ mod tests {
             "json",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         assert_eq!(args.namespaces, ["a", "b"]);
         assert_eq!(args.workload_server_rewrites.len(), 1);
         assert_eq!(args.log_format, LogFormat::Json);

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod envtest;
 pub mod error;
 pub mod fake;

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Demo(args) => metal3_fakenode::demo::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

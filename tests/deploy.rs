@@ -29,7 +29,7 @@ use metal3_fakenode::cli::{Cli, Command, LogFormat};
 use metal3_fakenode::envtest::{self, ApiServer};
 use metal3_fakenode::simulate::world::{self, CreatedMachine, MachineSpec};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// Where deploy/ puts the controller.
 const NAMESPACE: &str = "metal3";
@@ -357,7 +357,10 @@ async fn the_manifests_fit_the_binary_each_other_and_the_restricted_pod_security
     );
     let Command::Run(args) = Cli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("the Deployment's args {argv:?}: {e}"))
-        .command;
+        .command
+    else {
+        panic!("the Deployment does not run `metal3-fakenode run`: {argv:?}");
+    };
     assert_eq!(args.log_format, LogFormat::Json);
     let ports: BTreeMap<String, u64> = container["ports"]
         .as_array()
@@ -663,32 +666,16 @@ fn lines(stream: impl AsyncRead + Unpin + Send + 'static) -> tokio::task::JoinHa
     })
 }
 
-/// A plain HTTP/1.0 GET (the server closes the connection after answering): the status
-/// code and the body, or None while nothing answers.
+/// The status code and body of `GET path` on loopback, or None while nothing answers.
 async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    metal3_fakenode::demo::probe::get(&format!("127.0.0.1:{port}"), path)
         .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+        .ok()
 }
 
 /// The value of an unlabelled sample in a Prometheus text exposition.
 fn sample(exposition: &str, metric: &str) -> Option<f64> {
-    exposition.lines().find_map(|l| {
-        l.strip_prefix(metric)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    metal3_fakenode::demo::report::metric_value(exposition, metric)
 }
 
 /// What must never reach the logs: the ServiceAccount token and the credentials of the

@@ -7,10 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::http::{encode, get};
 use common::{eventually, start_controller, test_config, unique};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
+use metal3_fakenode::demo::probe::{encode, get};
 use metal3_fakenode::envtest::{self, process::Supervised};
 use metal3_fakenode::resources::UUID_LABEL;
 use metal3_fakenode::simulate::world::{self, MachineSpec};

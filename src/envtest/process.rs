@@ -40,10 +40,22 @@ pub struct Supervised {
 
 impl Supervised {
     pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> io::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// As [`Supervised::spawn`], with these environment variables added.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> io::Result<Self> {
         let out = File::create(&log)?;
         let mut command = Command::new(program);
         command
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -99,6 +111,11 @@ impl Supervised {
         let errors = &errors[errors.len().saturating_sub(lines)..];
         let tail = &all[all.len().saturating_sub(lines)..];
         format!("{}\n...\n{}", errors.join("\n"), tail.join("\n"))
+    }
+
+    /// The path of the file its output goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     pub fn kill(&mut self) {

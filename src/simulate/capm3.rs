@@ -41,12 +41,24 @@ struct Ctx {
     client: Client,
     /// Workload clients by kubeconfig Secret resourceVersion.
     workloads: Mutex<HashMap<(String, String), Client>>,
+    poll: Duration,
 }
 
 /// Runs until `shutdown` resolves. `namespace`: only that one, or all.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_every(client, namespace, POLL, shutdown).await;
+}
+
+/// As [`run`], looking again every `poll` at a Metal3Machine whose Node is not there yet
+/// (slower polls keep the stand-in's load small at scale).
+pub async fn run_every(
+    client: Client,
+    namespace: Option<String>,
+    poll: Duration,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<Metal3Machine> = match &namespace {
@@ -56,10 +68,11 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         client,
         workloads: Mutex::default(),
+        poll,
     });
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, |_, _, _| Action::requeue(POLL), ctx)
+        .run(reconcile, |_, _, ctx| Action::requeue(ctx.poll), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -79,7 +92,7 @@ async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Ctx>) -> Result<Action, Cap
         .get(&host_name)
         .await?;
     if host.status.as_ref().map(|s| s.provisioning.state.as_str()) != Some(PROVISIONED) {
-        return Ok(Action::requeue(POLL));
+        return Ok(Action::requeue(ctx.poll));
     }
     let machine_name =
         owner_machine(&m3m).ok_or_else(|| Capm3Error::Invalid("no owner Machine".into()))?;
@@ -99,7 +112,7 @@ async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Ctx>) -> Result<Action, Cap
         .await?;
     let provider_id = format!("metal3://{ns}/{host_name}/{}", m3m.name_any());
     let node = match found.items.as_slice() {
-        [] => return Ok(Action::requeue(POLL)),
+        [] => return Ok(Action::requeue(ctx.poll)),
         [node] => node,
         _ => {
             return Err(Capm3Error::Invalid(format!(

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod http;
 pub mod webhook;
 
 use metal3_fakenode::envtest::{Assets, Environment};

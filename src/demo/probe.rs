@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.0 GET for loopback endpoints (metrics, probes, Prometheus's API), so
-//! the tests need no HTTP client crate.
+//! A minimal HTTP/1.0 GET for loopback endpoints (the controller's metrics and probes,
+//! Prometheus's API): the demo and the tests need no HTTP client crate for that.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,0 +1,571 @@
+//! `metal3-fakenode demo`: metal3-fakenode doing its job at scale on one machine, measured.
+//!
+//! Real control planes (etcd, a management and K workload kube-apiservers), N workload
+//! clusters written as CAPI/CAPM3/BMO leave them (each with its own kubeconfig and client
+//! certificate), the controller as its own process (so its CPU and memory are its own) and
+//! the CAPM3 stand-in closing the loop. Hosts are created `provisioning` and then turned
+//! `provisioned` by the harness, all at once or at `--arrival-rate`, as the
+//! baremetal-operator in test mode does: the controller and the harness then measure from
+//! the same moment, and the controller sees the need arise (not a restart).
+
+pub mod plot;
+pub mod probe;
+pub mod process_stats;
+pub mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::cli::DemoArgs;
+use crate::envtest::process::Supervised;
+use crate::envtest::{self, Assets, Environment};
+use crate::fake::node::{self, Hardware, NodeFacts, host_uid, is_ready};
+use crate::metrics::Metrics;
+use crate::plan::{ClusterKey, Desired, KubeconfigSource};
+use crate::resources::Metal3Machine;
+use crate::simulate::{capm3, world};
+use crate::workload::{Settings, WorkloadClients};
+use report::{Latency, Report};
+
+/// Parallel requests of the harness while it writes the world.
+const WRITERS: usize = 16;
+
+/// Runs the demo; Ctrl-C stops it, and every process and directory goes with it.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let assets = Assets::from_env().context("the demo runs local control planes")?;
+    tokio::select! {
+        result = demo(args, assets) => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: every process and directory was removed"),
+    }
+}
+
+fn say(message: impl AsRef<str>) {
+    eprintln!("demo: {}", message.as_ref());
+}
+
+/// One simulated machine and where it lives.
+struct Planned {
+    namespace: String,
+    spec: world::MachineSpec,
+}
+
+/// Nodes seen Ready by the harness's own watches.
+#[derive(Default)]
+struct Seen {
+    ready: HashMap<String, Instant>,
+    names_by_host: HashMap<String, HashSet<String>>,
+}
+
+async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
+    if args.clusters == 0 {
+        bail!("--clusters must be at least 1");
+    }
+    let servers = args.workload_apiservers.max(1);
+    let begun = Instant::now();
+    say(format!(
+        "starting etcd, the management API server and {servers} workload API server(s)"
+    ));
+    let env = Environment::start(assets, servers).await?;
+    let dir = tempfile::Builder::new()
+        .prefix("metal3-fakenode-demo-")
+        .tempdir()?;
+    let mgmt_kubeconfig = dir.path().join("management.kubeconfig");
+    std::fs::write(
+        &mgmt_kubeconfig,
+        envtest::kubeconfig_yaml(&env.management.admin_kubeconfig())?,
+    )?;
+    let mgmt = env.management.client().await?;
+    say(format!(
+        "control planes up in {:.1}s",
+        begun.elapsed().as_secs_f64()
+    ));
+
+    // The world, hosts still provisioning.
+    let clusters: Vec<String> = (0..args.clusters)
+        .map(|i| format!("cluster-{i:04}"))
+        .collect();
+    let mut kubeconfigs = HashMap::new();
+    for (i, cluster) in clusters.iter().enumerate() {
+        // Its own user and client certificate: each cluster really is a separate client.
+        let server = &env.workloads[i % servers];
+        let kubeconfig =
+            server.kubeconfig_for_user(&format!("{cluster}-admin"), Some("system:masters"))?;
+        kubeconfigs.insert(cluster.clone(), envtest::kubeconfig_yaml(&kubeconfig)?);
+    }
+    let machines: Vec<Planned> = clusters
+        .iter()
+        .flat_map(|c| {
+            let cp = (format!("{c}-cp-0"), true);
+            let workers = (0..args.workers).map(move |j| (format!("{c}-md-{j}"), false));
+            std::iter::once(cp)
+                .chain(workers)
+                .map(|(name, control_plane)| {
+                    let mut spec = world::MachineSpec::new(c, &name, control_plane);
+                    spec.host_state = "provisioning".into();
+                    Planned {
+                        namespace: c.clone(),
+                        spec,
+                    }
+                })
+        })
+        .collect();
+    say(format!(
+        "writing {} clusters and {} machines as CAPI, CAPM3 and BMO would",
+        clusters.len(),
+        machines.len()
+    ));
+    stream::iter(&clusters)
+        .map(|c| {
+            let (mgmt, yaml) = (&mgmt, &kubeconfigs[c]);
+            async move {
+                world::namespace(mgmt, c).await?;
+                world::cluster(mgmt, c, c).await?;
+                world::kubeconfig_secret(mgmt, c, c, world::kubeconfig_data(yaml)).await
+            }
+        })
+        .buffer_unordered(WRITERS)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let created: Vec<world::CreatedMachine> = stream::iter(&machines)
+        .map(|m| world::machine(&mgmt, &m.namespace, &m.spec))
+        .buffer_unordered(WRITERS)
+        .try_collect()
+        .await?;
+    let host_uids: HashMap<String, String> = created
+        .into_iter()
+        .map(|c| (c.spec.name, c.host_uid))
+        .collect();
+
+    // The harness's own eyes on every workload API server.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    for server in &env.workloads {
+        let nodes: Api<Node> = Api::all(server.client().await?);
+        let seen = seen.clone();
+        tokio::spawn(
+            watcher(nodes, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .for_each(move |node| {
+                    if let Ok(node) = node
+                        && is_ready(&node)
+                        && let (Some(name), Some(uid)) =
+                            (node.metadata.name.clone(), host_uid(&node))
+                    {
+                        let mut seen = lock(&seen);
+                        seen.ready.entry(name.clone()).or_insert_with(Instant::now);
+                        seen.names_by_host
+                            .entry(uid.to_string())
+                            .or_default()
+                            .insert(name);
+                    }
+                    futures::future::ready(())
+                }),
+        );
+    }
+
+    let mut controller = start_controller(&mgmt_kubeconfig, dir.path(), args.concurrency).await?;
+    let metrics_address = controller.1.clone();
+    let (stop_capm3, capm3_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(capm3::run_every(
+        mgmt.clone(),
+        None,
+        Duration::from_secs(1),
+        async move {
+            let _ = capm3_stopped.await;
+        },
+    ));
+
+    // Provision the hosts: the clock starts.
+    let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let t0 = Instant::now();
+    let flip = |m: &Planned| {
+        let (mgmt, provisioned) = (mgmt.clone(), provisioned.clone());
+        let (ns, host, name) = (m.namespace.clone(), m.spec.host(), m.spec.name.clone());
+        async move {
+            world::set_host_state(&mgmt, &ns, &host, "provisioned").await?;
+            lock(&provisioned).insert(name, Instant::now());
+            Ok::<(), kube::Error>(())
+        }
+    };
+    let flipping = match args.arrival_rate {
+        None => {
+            say(format!("provisioning all {} hosts at once", machines.len()));
+            let all: Vec<_> = machines.iter().map(flip).collect();
+            tokio::spawn(async move {
+                stream::iter(all)
+                    .buffer_unordered(WRITERS)
+                    .try_collect::<Vec<()>>()
+                    .await
+                    .map(|_| ())
+            })
+        }
+        Some(rate) if rate > 0.0 => {
+            say(format!("provisioning {rate} hosts per second"));
+            let all: Vec<_> = machines.iter().map(flip).collect();
+            let period = Duration::from_secs_f64(1.0 / rate);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(period);
+                let mut tasks = tokio::task::JoinSet::new();
+                for one in all {
+                    ticker.tick().await;
+                    tasks.spawn(one);
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done.map_err(|e| kube::Error::Service(Box::new(e)))??;
+                }
+                Ok(())
+            })
+        }
+        Some(rate) => bail!("--arrival-rate must be positive, not {rate}"),
+    };
+
+    let expected: Vec<&str> = machines.iter().map(|m| m.spec.name.as_str()).collect();
+    let ready_count = || {
+        let seen = lock(&seen);
+        expected
+            .iter()
+            .filter(|n| seen.ready.contains_key(**n))
+            .count()
+    };
+    let bar = progress_bar(expected.len());
+    let mut last_line = Instant::now();
+    loop {
+        let count = ready_count();
+        bar.set_position(count as u64);
+        if count == expected.len() {
+            break;
+        }
+        if let Some(exit) = controller.0.exited() {
+            bar.abandon();
+            bail!(
+                "the controller stopped: {exit}\n{}",
+                controller.0.log_tail(20)
+            );
+        }
+        if t0.elapsed() > args.timeout {
+            bar.abandon();
+            say(format!(
+                "timed out after {:?}: {count} of {} Nodes",
+                args.timeout,
+                expected.len()
+            ));
+            break;
+        }
+        if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(5) {
+            say(format!("{count}/{} Nodes Ready", expected.len()));
+            last_line = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+    flipping.await??;
+
+    // What the harness saw.
+    let (ready, duplicates) = {
+        let seen = lock(&seen);
+        let ready: HashMap<String, Instant> = expected
+            .iter()
+            .filter_map(|n| seen.ready.get(*n).map(|t| (n.to_string(), *t)))
+            .collect();
+        let duplicates = host_uids
+            .values()
+            .filter_map(|uid| seen.names_by_host.get(uid))
+            .map(|names| names.len().saturating_sub(1))
+            .sum::<usize>();
+        (ready, duplicates)
+    };
+    let provisioned = lock(&provisioned).clone();
+    let last = ready.values().max().copied().unwrap_or(t0);
+    let elapsed = last.duration_since(t0).as_secs_f64();
+    let latencies: Vec<f64> = ready
+        .iter()
+        .filter_map(|(n, at)| {
+            Some(
+                at.saturating_duration_since(*provisioned.get(n)?)
+                    .as_secs_f64(),
+            )
+        })
+        .collect();
+    let ready_at: Vec<f64> = ready
+        .values()
+        .map(|at| at.duration_since(t0).as_secs_f64())
+        .collect();
+    say(format!(
+        "{} of {} Nodes Ready in {elapsed:.2}s",
+        ready.len(),
+        expected.len()
+    ));
+
+    let loop_closed = wait_for_provider_ids(&mgmt, expected.len()).await;
+    // Idle cost: CPU over a few quiet seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = controller.0.pid();
+    let cpu_before = process_stats::cpu_seconds(pid).unwrap_or(0.0);
+    let idle_window = Duration::from_secs(5);
+    tokio::time::sleep(idle_window).await;
+    let cpu_after = process_stats::cpu_seconds(pid).unwrap_or(0.0);
+    let (_, metrics_text) = probe::get(&metrics_address, "/metrics").await?;
+
+    let mut report = Report {
+        clusters: args.clusters,
+        workers_per_cluster: args.workers,
+        workload_apiservers: servers,
+        arrival_rate: args.arrival_rate,
+        concurrency: args.concurrency,
+        nodes_expected: expected.len(),
+        nodes_created: ready.len(),
+        duplicates,
+        missing: expected.len() - ready.len(),
+        elapsed_seconds: elapsed,
+        nodes_per_second: if elapsed > 0.0 {
+            ready.len() as f64 / elapsed
+        } else {
+            0.0
+        },
+        latency_seconds: Latency::from_samples(&latencies),
+        controller_histogram: report::summarize_histogram(
+            &metrics_text,
+            "fakenode_node_creation_latency_seconds",
+        ),
+        controller_nodes_created_total: report::metric_value(
+            &metrics_text,
+            "fakenode_nodes_created_total",
+        )
+        .unwrap_or(0.0),
+        controller_peak_rss_bytes: process_stats::peak_rss_bytes(pid).unwrap_or(0),
+        controller_cpu_seconds: cpu_after,
+        controller_idle_cpu_percent: (cpu_after - cpu_before) / idle_window.as_secs_f64() * 100.0,
+        workload_clients: report::metric_value(&metrics_text, "fakenode_workload_clients")
+            .unwrap_or(0.0),
+        loop_closed,
+        ..Report::default()
+    };
+
+    if args.ceiling {
+        say("measuring the ceiling: the same Nodes, created directly");
+        let ceiling = ceiling(&machines, &host_uids, &kubeconfigs, args.concurrency).await?;
+        report.ceiling_nodes_per_second = Some(ceiling);
+        report.ratio_to_ceiling = Some(report.nodes_per_second / ceiling);
+    }
+
+    println!("\nmetal3-fakenode demo report\n{}", report::render(&report));
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        say(format!("report written to {}", path.display()));
+    }
+    if let Some(path) = &args.plot {
+        plot::write_svg(path, &ready_at, &latencies).map_err(anyhow::Error::msg)?;
+        say(format!("plot written to {}", path.display()));
+    }
+
+    if args.keep {
+        let kept = dir.keep();
+        for (i, server) in env.workloads.iter().enumerate() {
+            std::fs::write(
+                kept.join(format!("workload-{i}.kubeconfig")),
+                envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
+            )?;
+        }
+        say(format!(
+            "kept running; kubeconfigs in {} (e.g. KUBECONFIG={}/management.kubeconfig \
+             kubectl get metal3machines -A). Ctrl-C stops everything.",
+            kept.display(),
+            kept.display()
+        ));
+        std::future::pending::<()>().await;
+    }
+    let _ = stop_capm3.send(());
+    stop_gracefully(&mut controller.0).await;
+    if report.duplicates > 0 || report.missing > 0 {
+        bail!(
+            "{} duplicate(s), {} missing Node(s)",
+            report.duplicates,
+            report.missing
+        );
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn progress_bar(len: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "demo: {bar:40} {pos}/{len} Nodes Ready ({per_sec}, {elapsed})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The controller as its own process, JSON logs in `dir`; returns it and its metrics
+/// address once `/readyz` answers.
+async fn start_controller(
+    kubeconfig: &Path,
+    dir: &Path,
+    concurrency: u16,
+) -> anyhow::Result<(Supervised, String)> {
+    let address = format!("127.0.0.1:{}", envtest::free_port()?);
+    let args: Vec<String> = [
+        "run",
+        "--metrics-bind-address",
+        &address,
+        "--concurrency",
+        &concurrency.to_string(),
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut process = Supervised::spawn_with_env(
+        "metal3-fakenode run",
+        &std::env::current_exe()?,
+        &args,
+        &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
+        dir.join("controller.log"),
+    )?;
+    let started = Instant::now();
+    loop {
+        if matches!(probe::get(&address, "/readyz").await, Ok((200, _))) {
+            say(format!(
+                "controller ready in {:.1}s (pid {}, log {})",
+                started.elapsed().as_secs_f64(),
+                process.pid(),
+                process.log_path().display()
+            ));
+            return Ok((process, address));
+        }
+        if let Some(exit) = process.exited() {
+            bail!(
+                "the controller did not start: {exit}\n{}",
+                process.log_tail(20)
+            );
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the controller was not ready after 60s\n{}",
+                process.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (a little) for the CAPM3 stand-in to set every providerID; returns how many.
+async fn wait_for_provider_ids(mgmt: &kube::Client, expected: usize) -> usize {
+    let api: Api<Metal3Machine> = Api::all(mgmt.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let closed = api
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|m| m.spec.provider_id.as_deref().is_some_and(|p| !p.is_empty()))
+                    .count()
+            })
+            .unwrap_or(0);
+        if closed >= expected || Instant::now() > deadline {
+            return closed;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The physical limit: the same Nodes (same requests: create, status, taints) in the same
+/// workload API servers, through the same kind of per-cluster clients and the same
+/// concurrency, driven directly with no watch, queue or store in between. Nodes/s.
+async fn ceiling(
+    machines: &[Planned],
+    host_uids: &HashMap<String, String>,
+    kubeconfigs: &HashMap<String, String>,
+    concurrency: u16,
+) -> anyhow::Result<f64> {
+    let clients = WorkloadClients::new(Settings::default());
+    let metrics = Metrics::new()?;
+    let now = Time(jiff::Timestamp::now());
+    let started = Instant::now();
+    stream::iter(machines)
+        .map(|m| {
+            let (clients, metrics, now) = (&clients, &metrics, &now);
+            let name = format!("ceiling-{}", m.spec.name);
+            let uid = format!(
+                "ceiling-{}",
+                host_uids.get(&m.spec.name).cloned().unwrap_or_default()
+            );
+            let facts = NodeFacts::new(
+                &name,
+                &uid,
+                m.spec.control_plane,
+                &m.spec.version,
+                None,
+                &Hardware::default(),
+            );
+            let desired = Desired {
+                cluster: ClusterKey {
+                    namespace: m.namespace.clone(),
+                    name: m.spec.cluster.clone(),
+                },
+                kubeconfig: KubeconfigSource {
+                    secret: format!("{}/{}-kubeconfig", m.namespace, m.spec.cluster),
+                    value: ByteString(kubeconfigs[&m.spec.cluster].as_bytes().to_vec()),
+                },
+                node: node::node(&facts, now),
+                kubeadm_config: None,
+                host: m.spec.host(),
+                provisioned_at: None,
+            };
+            async move {
+                let client = clients
+                    .client(&desired.cluster, &desired.kubeconfig)
+                    .await?;
+                crate::apply::ensure(&client, &desired, metrics).await
+            }
+        })
+        .buffer_unordered(usize::from(concurrency.max(1)))
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(machines.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// SIGTERM, then SIGKILL if it has not stopped within 30 s.
+async fn stop_gracefully(process: &mut Supervised) {
+    let Ok(pid) = i32::try_from(process.pid()) else {
+        process.kill();
+        return;
+    };
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process.exited().is_none() {
+        if Instant::now() > deadline {
+            say("the controller ignored SIGTERM for 30s: killing it");
+            process.kill();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
