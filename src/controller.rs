@@ -86,8 +86,24 @@ struct Shared {
     started: Timestamp,
     /// Consecutive failures per Metal3Machine, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<Metal3Machine>, usize>>,
-    /// Latency bookkeeping per Metal3Machine UID.
+    /// Latency bookkeeping per Metal3Machine (`namespace/name`).
     timings: Mutex<HashMap<String, Timing>>,
+}
+
+impl Shared {
+    /// Notes when the watch first showed the Metal3Machine `key` needing a Node: the
+    /// latency starts there, not when a worker gets to it, so queueing counts.
+    fn saw_need(&self, key: String) {
+        lock(&self.timings)
+            .entry(key)
+            .or_default()
+            .needed
+            .get_or_insert_with(Timestamp::now);
+    }
+}
+
+fn timing_key(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -396,6 +412,7 @@ where
         secrets,
         synced,
     };
+    let clock = shared.clone();
     let ctx = Arc::new(Context {
         shared,
         stores: stores.clone(),
@@ -404,7 +421,18 @@ where
     let for_cluster = machines;
     let run = Controller::for_stream(m3m_stream, metal3_machines)
         .with_config(controller::Config::default().concurrency(config.concurrency))
-        .watches_stream(host_stream, |host| consumer_of(&host))
+        .watches_stream(host_stream, move |host| {
+            let consumer = consumer_of(&host);
+            if let Some(m3m) = &consumer
+                && host
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.provisioning.state == PROVISIONED)
+            {
+                clock.saw_need(timing_key(m3m.namespace.as_deref(), &m3m.name));
+            }
+            consumer
+        })
         .watches_stream(machine_stream, |machine| infrastructure_of(&machine))
         .watches_stream(secret_stream, move |secret| {
             let cluster = secret.labels().get(CLUSTER_NAME_LABEL).cloned();
@@ -510,11 +538,11 @@ async fn reconcile_one(
     ctx: &Context,
 ) -> Result<(Action, ReconcileResult), Error> {
     let shared = &ctx.shared;
-    let uid = m3m.uid().unwrap_or_default();
+    let key = timing_key(m3m.namespace().as_deref(), &m3m.name_any());
     let now = Timestamp::now();
     match plan::plan(m3m, &ctx.stores, &Time(now))? {
         Plan::Closed => {
-            let timing = lock(&shared.timings).remove(&uid);
+            let timing = lock(&shared.timings).remove(&key);
             if let Some(created) = timing.and_then(|t| t.node_created) {
                 shared
                     .metrics
@@ -531,7 +559,7 @@ async fn reconcile_one(
         Plan::Ensure(desired) => {
             let needed = {
                 let mut timings = lock(&shared.timings);
-                let timing = timings.entry(uid.clone()).or_default();
+                let timing = timings.entry(key.clone()).or_default();
                 *timing.needed.get_or_insert(now)
             };
             let workload = shared
@@ -560,7 +588,7 @@ async fn reconcile_one(
                 let latency = elapsed_seconds(start, created);
                 shared.metrics.nodes_created.inc();
                 shared.metrics.node_creation_latency.observe(latency);
-                lock(&shared.timings).entry(uid).or_default().node_created = Some(created);
+                lock(&shared.timings).entry(key).or_default().node_created = Some(created);
                 info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
                 publish(
                     shared,
