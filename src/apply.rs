@@ -5,13 +5,19 @@
 use std::future::Future;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
+use tracing::debug;
 
 use crate::error::Error;
-use crate::fake::node::{host_uid, is_ready};
+use crate::fake::node::{self, host_uid, is_ready};
+use crate::fake::{is_ours, lease, managed_by_selector, static_pods};
 use crate::metrics::Metrics;
 use crate::plan::Desired;
 use crate::workload::{WorkloadClient, classify};
@@ -28,6 +34,9 @@ pub struct Outcome {
     /// e.g. after a restart between the create and the status update.
     pub status_repaired: bool,
     pub kubeadm_config_created: bool,
+    /// The Node's UID and creation time, whoever created it.
+    pub node_uid: Option<String>,
+    pub node_since: Option<Time>,
 }
 
 /// Ensures the kubeadm-config (control planes) and then the Ready Node.
@@ -40,9 +49,11 @@ pub async fn ensure(
     if let Some(config) = &desired.kubeadm_config {
         outcome.kubeadm_config_created = ensure_kubeadm_config(workload, config, metrics).await?;
     }
-    let (created, repaired) = ensure_node(workload, &desired.node, metrics).await?;
-    outcome.node_created = created;
-    outcome.status_repaired = repaired;
+    let ensured = ensure_node(workload, &desired.node, metrics).await?;
+    outcome.node_created = ensured.created;
+    outcome.status_repaired = ensured.repaired;
+    outcome.node_uid = ensured.uid;
+    outcome.node_since = ensured.since;
     Ok(outcome)
 }
 
@@ -73,14 +84,23 @@ async fn ensure_kubeadm_config(
     }
 }
 
+/// What [`ensure_node`] found or did.
+struct EnsuredNode {
+    /// The creation time if this call created the Node.
+    created: Option<Time>,
+    /// An existing Node's status had to be set again.
+    repaired: bool,
+    uid: Option<String>,
+    since: Option<Time>,
+}
+
 /// Creates the Node and sets its status through the status subresource (a create ignores
-/// status). Returns (the creation time if this call created it, whether an existing
-/// Node's status had to be set again).
+/// status).
 async fn ensure_node(
     workload: &WorkloadClient,
     node: &Node,
     metrics: &Metrics,
-) -> Result<(Option<Time>, bool), Error> {
+) -> Result<EnsuredNode, Error> {
     let api: Api<Node> = Api::all(workload.client.clone());
     let name = node.metadata.name.clone().unwrap_or_default();
     let wanted = host_uid(node).unwrap_or_default().to_string();
@@ -132,10 +152,346 @@ async fn ensure_node(
         .map_err(|e| classify(&workload.cluster, e))?;
     }
     lift_startup_taints(workload, metrics, node, &existing).await?;
-    let repaired = created_at.is_none() && !is_ready(&existing);
     // A create that reached the server but whose answer was lost leaves a Node without a
     // creation time here; the next reconcile finds it and it counts as existing.
-    Ok((created_at, repaired))
+    Ok(EnsuredNode {
+        repaired: created_at.is_none() && !is_ready(&existing),
+        created: created_at,
+        uid: existing.metadata.uid.clone(),
+        since: existing.metadata.creation_timestamp.clone(),
+    })
+}
+
+/// Creates the static pods that are missing and sets the status of ours that are not
+/// running and ready. A Pod of the same name without our label (a real kubelet's) is
+/// left alone. Returns how many this call created.
+pub async fn ensure_static_pods(
+    workload: &WorkloadClient,
+    pods: &[Pod],
+    metrics: &Metrics,
+) -> Result<usize, Error> {
+    let api: Api<Pod> = Api::namespaced(workload.client.clone(), static_pods::NAMESPACE);
+    let mut created = 0;
+    for pod in pods {
+        let name = pod.name_any();
+        let body = Pod {
+            status: None,
+            ..pod.clone()
+        };
+        let fresh = match request(
+            workload,
+            metrics,
+            "create",
+            api.create(&post_params(), &body),
+        )
+        .await
+        {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.is_already_exists() => false,
+            Err(e) => return Err(classify(&workload.cluster, e)),
+        };
+        if !fresh {
+            let existing = request(workload, metrics, "get", api.get(&name))
+                .await
+                .map_err(|e| classify(&workload.cluster, e))?;
+            if !is_ours(&existing.metadata) {
+                debug!(pod = %name, "a static pod that is not ours: left alone");
+                continue;
+            }
+            if static_pods::is_running_and_ready(&existing) {
+                continue;
+            }
+        }
+        let patch = json!({ "status": pod.status });
+        request(
+            workload,
+            metrics,
+            "patch",
+            api.patch_status(&name, &field_manager(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map_err(|e| classify(&workload.cluster, e))?;
+        created += usize::from(fresh);
+    }
+    Ok(created)
+}
+
+/// Creates the Node's Lease unless it exists (then its heartbeats renew it). Returns the
+/// UID of the Lease this call created.
+pub async fn ensure_lease(
+    workload: &WorkloadClient,
+    lease: &Lease,
+    metrics: &Metrics,
+) -> Result<Option<String>, Error> {
+    let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
+    match request(
+        workload,
+        metrics,
+        "create",
+        api.create(&post_params(), lease),
+    )
+    .await
+    {
+        Ok(created) => Ok(created.metadata.uid),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
+        Err(e) => Err(classify(&workload.cluster, e)),
+    }
+}
+
+/// Whose a Node's Lease is, as far as its kubelet knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOwner {
+    /// Not looked at yet (e.g. created by an earlier run).
+    Unknown,
+    /// Ours, with this UID.
+    Ours(String),
+    /// Someone else's: never touched.
+    Foreign,
+}
+
+/// What a kubelet's periodic post found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Posted {
+    Posted,
+    /// The Node is gone (or replaced by another of the same name): nothing to post for.
+    /// A real kubelet would register again; here the reconcile does, if the Machine
+    /// still needs a Node.
+    NodeGone,
+}
+
+/// What a heartbeat did, and whose the Lease turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beat {
+    pub posted: Posted,
+    pub lease: LeaseOwner,
+}
+
+/// Writes touch an object only if it is still the one we know: the UID in a patch is a
+/// precondition (the API server refuses to change it, 422).
+fn replaced(status: &kube::core::Status) -> bool {
+    status.code == 404
+        || (status.code == 422
+            && status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")))
+}
+
+/// One heartbeat of the Node `node`: its conditions' heartbeat times, then its Lease's
+/// renewal (re-created, as a kubelet does, if it is gone). Two requests, once the Lease
+/// is known.
+pub async fn heartbeat(
+    workload: &WorkloadClient,
+    node: &str,
+    node_uid: &str,
+    lease: &LeaseOwner,
+    metrics: &Metrics,
+) -> Result<Beat, Error> {
+    let now = jiff::Timestamp::now();
+    let mut patch = node::heartbeat_patch(&Time(now));
+    patch["metadata"] = json!({ "uid": node_uid });
+    if post_node_status(workload, node, &patch, metrics).await? == Posted::NodeGone {
+        return Ok(Beat {
+            posted: Posted::NodeGone,
+            lease: lease.clone(),
+        });
+    }
+    let lease = renew_lease(workload, node, node_uid, lease, &MicroTime(now), metrics).await?;
+    Ok(Beat {
+        posted: Posted::Posted,
+        lease,
+    })
+}
+
+async fn post_node_status(
+    workload: &WorkloadClient,
+    node: &str,
+    patch: &serde_json::Value,
+    metrics: &Metrics,
+) -> Result<Posted, Error> {
+    let nodes: Api<Node> = Api::all(workload.client.clone());
+    match request(
+        workload,
+        metrics,
+        "patch",
+        nodes.patch_status(node, &field_manager(), &Patch::Strategic(patch)),
+    )
+    .await
+    {
+        Ok(_) => Ok(Posted::Posted),
+        Err(kube::Error::Api(s)) if replaced(&s) => Ok(Posted::NodeGone),
+        Err(e) => Err(classify(&workload.cluster, e)),
+    }
+}
+
+/// Renews the Node's Lease if it is ours: finds out whose it is first if unknown, and
+/// creates it if it is gone.
+async fn renew_lease(
+    workload: &WorkloadClient,
+    node: &str,
+    node_uid: &str,
+    owner: &LeaseOwner,
+    now: &MicroTime,
+    metrics: &Metrics,
+) -> Result<LeaseOwner, Error> {
+    let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
+    let fresh = || lease::node_lease(node, node_uid, now);
+    let uid = match owner {
+        LeaseOwner::Foreign => return Ok(LeaseOwner::Foreign),
+        LeaseOwner::Ours(uid) => uid.clone(),
+        LeaseOwner::Unknown => match get_opt(workload, metrics, &api, node).await? {
+            None => {
+                let created = ensure_lease(workload, &fresh(), metrics).await?;
+                return Ok(created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours));
+            }
+            Some(l) if !is_ours(&l.metadata) => return Ok(LeaseOwner::Foreign),
+            Some(l) => l.metadata.uid.unwrap_or_default(),
+        },
+    };
+    let mut renew = lease::renew_patch(node, now);
+    renew["metadata"] = json!({ "uid": uid });
+    match request(
+        workload,
+        metrics,
+        "patch",
+        api.patch(node, &field_manager(), &Patch::Merge(&renew)),
+    )
+    .await
+    {
+        Ok(_) => Ok(LeaseOwner::Ours(uid)),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let created = ensure_lease(workload, &fresh(), metrics).await?;
+            Ok(created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours))
+        }
+        // Replaced by someone: look again next time.
+        Err(kube::Error::Api(s)) if replaced(&s) => Ok(LeaseOwner::Unknown),
+        Err(e) => Err(classify(&workload.cluster, e)),
+    }
+}
+
+/// The kubelet of `node` stops posting: every condition turns Unknown, as the node
+/// lifecycle controller would make it (its Lease is simply no longer renewed).
+pub async fn stop_posting(
+    workload: &WorkloadClient,
+    node: &str,
+    node_uid: &str,
+    metrics: &Metrics,
+) -> Result<Posted, Error> {
+    let mut patch = node::not_ready_patch(&Time(jiff::Timestamp::now()));
+    patch["metadata"] = json!({ "uid": node_uid });
+    post_node_status(workload, node, &patch, metrics).await
+}
+
+/// Our Nodes of one workload cluster (by their cluster labels), e.g. to take them over
+/// again after a restart.
+pub async fn list_cluster_nodes(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+) -> Result<Vec<Node>, Error> {
+    let api: Api<Node> = Api::all(workload.client.clone());
+    let params = ListParams::default().labels(&node::cluster_selector(
+        &workload.cluster.namespace,
+        &workload.cluster.name,
+    ));
+    request(workload, metrics, "list", api.list(&params))
+        .await
+        .map(|list| list.items)
+        .map_err(|e| classify(&workload.cluster, e))
+}
+
+/// What [`remove_node`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub node: bool,
+    pub static_pods: usize,
+    pub lease: bool,
+}
+
+/// Deletes what stands for one host in the workload cluster: its static pods and its
+/// Lease, then its Node (last, so that an interrupted removal leaves the Node by which it
+/// is found again). Only objects with our label, and only the Node of that host; each
+/// delete is conditional on the UID just read, so an object replaced meanwhile stays.
+pub async fn remove_node(
+    workload: &WorkloadClient,
+    node: &str,
+    host: &str,
+    metrics: &Metrics,
+) -> Result<Removed, Error> {
+    let mut removed = Removed::default();
+    let pods: Api<Pod> = Api::namespaced(workload.client.clone(), static_pods::NAMESPACE);
+    let params = ListParams::default()
+        .labels(&managed_by_selector())
+        .fields(&format!("spec.nodeName={node}"));
+    let ours = request(workload, metrics, "list", pods.list(&params))
+        .await
+        .map_err(|e| classify(&workload.cluster, e))?;
+    for pod in &ours.items {
+        // Pods bound to a Node are deleted gracefully, i.e. by their kubelet, unless
+        // deleted at once: there is no kubelet to confirm.
+        removed.static_pods += usize::from(delete_ours(workload, metrics, &pods, pod).await?);
+    }
+    let leases: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
+    if let Some(l) = get_opt(workload, metrics, &leases, node).await? {
+        removed.lease = delete_ours(workload, metrics, &leases, &l).await?;
+    }
+    let nodes: Api<Node> = Api::all(workload.client.clone());
+    if let Some(n) = get_opt(workload, metrics, &nodes, node).await?
+        && host_uid(&n) == Some(host)
+    {
+        removed.node = delete_ours(workload, metrics, &nodes, &n).await?;
+    }
+    Ok(removed)
+}
+
+async fn get_opt<K>(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+    api: &Api<K>,
+    name: &str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    request(workload, metrics, "get", api.get_opt(name))
+        .await
+        .map_err(|e| classify(&workload.cluster, e))
+}
+
+/// Deletes `obj` at once if it carries our label and still has the same UID. Returns
+/// whether this call deleted it.
+async fn delete_ours<K>(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+    api: &Api<K>,
+    obj: &K,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    if !is_ours(obj.meta()) {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match request(
+        workload,
+        metrics,
+        "delete",
+        api.delete(&obj.name_any(), &params),
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        // Gone already, or replaced by another object of the same name.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(classify(&workload.cluster, e)),
+    }
 }
 
 /// The API server's TaintNodesByCondition admission adds `node.kubernetes.io/not-ready`

@@ -138,9 +138,69 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "FAKENODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Give control-plane Nodes the mirror Pods of kube-apiserver, kube-controller-manager
+    /// and kube-scheduler (`--static-pods=false` to turn off).
+    #[arg(long, env = "FAKENODE_STATIC_PODS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub static_pods: bool,
+
+    /// Also an etcd Pod per control-plane Node (stacked etcd; cannot be fully faked).
+    #[arg(long, env = "FAKENODE_STACKED_ETCD_PODS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub stacked_etcd_pods: bool,
+
+    /// How often each Node's Lease and heartbeats are renewed; 0 turns heartbeats off.
+    #[arg(long, env = "FAKENODE_NODE_HEARTBEAT_INTERVAL", default_value = "40s", value_parser = crate::fidelity::parse_duration_or_zero)]
+    pub node_heartbeat_interval: Duration,
+
+    /// Delete the Nodes (and their static pods and Lease) this process created once
+    /// their Machine or Metal3Machine is gone.
+    #[arg(long, env = "FAKENODE_DELETE_ORPHANED_NODES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub delete_orphaned_nodes: bool,
+
+    /// A Node appears this long after its host was provisioned (a host's boot time).
+    #[arg(long, env = "FAKENODE_NODE_STARTUP_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub node_startup_delay: Duration,
+
+    /// Plus up to this much more, stable per host.
+    #[arg(long, env = "FAKENODE_NODE_STARTUP_JITTER", default_value = "0s", value_parser = parse_duration)]
+    pub node_startup_jitter: Duration,
+
+    /// The share of machines (chosen by a stable hash of the host UID) that never get a
+    /// Node, between 0 and 1.
+    #[arg(long, env = "FAKENODE_NEVER_READY_FRACTION", default_value = "0", value_parser = crate::fidelity::parse_fraction)]
+    pub never_ready_fraction: f64,
+
+    /// The share of Nodes (by host UID) whose kubelet stops posting --not-ready-after
+    /// their creation, between 0 and 1.
+    #[arg(long, env = "FAKENODE_NOT_READY_FRACTION", default_value = "0", value_parser = crate::fidelity::parse_fraction)]
+    pub not_ready_fraction: f64,
+
+    /// When the Nodes chosen by --not-ready-fraction go NotReady.
+    #[arg(long, env = "FAKENODE_NOT_READY_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub not_ready_after: Duration,
+
+    /// Annotate control-plane KubeadmConfigs with a certificate expiry (needs the RBAC of
+    /// deploy/components/certificate-expiry).
+    #[arg(long, env = "FAKENODE_ANNOTATE_CERTIFICATE_EXPIRY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub annotate_certificate_expiry: bool,
 }
 
 impl RunArgs {
+    pub fn fidelity(&self) -> crate::fidelity::Fidelity {
+        crate::fidelity::Fidelity {
+            static_pods: self.static_pods,
+            stacked_etcd_pods: self.stacked_etcd_pods,
+            heartbeat_interval: self.node_heartbeat_interval,
+            delete_orphans: self.delete_orphaned_nodes,
+            startup_delay: self.node_startup_delay,
+            startup_jitter: self.node_startup_jitter,
+            never_ready_fraction: self.never_ready_fraction,
+            not_ready_fraction: self.not_ready_fraction,
+            not_ready_after: self.not_ready_after,
+            annotate_certificate_expiry: self.annotate_certificate_expiry,
+        }
+    }
+
     pub fn workload_settings(&self) -> Settings {
         Settings {
             connect_timeout: self.workload_connect_timeout,

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -23,11 +23,18 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::apply;
+use crate::certificate_expiry;
+use crate::cleanup::{Cleanup, Inventory};
 use crate::error::Error;
+use crate::fake::static_pods::{self, StaticPodFacts};
+use crate::fake::{lease, node};
+use crate::fidelity::{Fate, Fidelity};
 use crate::http::Health;
+use crate::kubelet::{self, Kubelets};
 use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
 use crate::plan::{self, Lookup, Plan};
 use crate::resources::{
@@ -54,6 +61,8 @@ pub struct Config {
     pub max_retry_delay: Duration,
     /// Names this replica on Events (e.g. the Pod name).
     pub instance: Option<String>,
+    /// Static pods, heartbeats, cleanup, startup delay, faults. `Default`: none of them.
+    pub fidelity: Fidelity,
 }
 
 impl Default for Config {
@@ -67,6 +76,7 @@ impl Default for Config {
             workload: Settings::default(),
             max_retry_delay: Duration::from_secs(300),
             instance: None,
+            fidelity: Fidelity::default(),
         }
     }
 }
@@ -79,7 +89,13 @@ struct Shared {
     /// Events are best-effort, as in client-go: queued for a rate-limited publisher so that
     /// a burst of Events never slows down the creation of Nodes.
     events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
-    workloads: WorkloadClients,
+    workloads: Arc<WorkloadClients>,
+    kubelets: Arc<Kubelets>,
+    fidelity: Fidelity,
+    /// The management cluster, for the few requests not served by the stores.
+    client: Client,
+    /// `--kube-qps`, shared by the Events and those requests.
+    kube_limiter: Arc<DefaultDirectRateLimiter>,
     metrics: Arc<Metrics>,
     backoff: ExponentialBuilder,
     max_retry_delay: Duration,
@@ -112,6 +128,10 @@ struct Timing {
     needed: Option<Timestamp>,
     /// When this process created its Node.
     node_created: Option<Timestamp>,
+    /// A fault withholds its Node (counted once).
+    withheld: bool,
+    /// Its KubeadmConfig carries the certificates' expiry.
+    certificates_annotated: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,6 +147,8 @@ pub struct Stores {
     pub machines: Store<Machine>,
     pub clusters: Store<Cluster>,
     pub secrets: Store<Secret>,
+    /// The watched namespace; `None`: all.
+    namespace: Option<String>,
     /// One flag per watch, set once its first list is in the store. Not
     /// `Store::wait_until_ready`: that future keeps a single waker, so concurrent waiters
     /// (the controller's applier, the readiness probe, reconciles) would starve each other.
@@ -135,12 +157,17 @@ pub struct Stores {
 
 impl Stores {
     /// Waits until every store of the scope has been filled by its first list.
-    async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         for synced in &self.synced {
             let mut synced = synced.clone();
             // Err: the watch is gone, i.e. the controller is shutting down.
             let _ = synced.wait_for(|s| *s).await;
         }
+    }
+
+    /// Whether the scope watches `namespace`.
+    pub(crate) fn covers(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
     }
 
     /// Metal3Machines without a providerID whose host is provisioned.
@@ -185,6 +212,12 @@ impl Lookup for Stores {
     }
 }
 
+impl Inventory for Stores {
+    fn metal3_machine_exists(&self, namespace: &str, name: &str) -> bool {
+        get(&self.metal3_machines, namespace, name).is_some()
+    }
+}
+
 struct Context {
     shared: Arc<Shared>,
     stores: Stores,
@@ -206,13 +239,20 @@ pub async fn run(
             instance: config.instance.clone(),
         },
     );
-    let limiter =
-        RateLimiter::direct(Quota::per_second(config.kube_qps).allow_burst(config.kube_burst));
+    let limiter = Arc::new(RateLimiter::direct(
+        Quota::per_second(config.kube_qps).allow_burst(config.kube_burst),
+    ));
     let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-    let publisher = tokio::spawn(publish_events(queue, recorder, limiter));
+    let publisher = tokio::spawn(publish_events(queue, recorder, limiter.clone()));
+    let workloads = Arc::new(WorkloadClients::new(config.workload.clone()));
+    let kubelets = Arc::new(Kubelets::new(config.fidelity.clone()));
     let shared = Arc::new(Shared {
         events,
-        workloads: WorkloadClients::new(config.workload.clone()),
+        workloads: workloads.clone(),
+        kubelets: kubelets.clone(),
+        fidelity: config.fidelity.clone(),
+        client: client.clone(),
+        kube_limiter: limiter,
         metrics: metrics.clone(),
         backoff: ExponentialBuilder::default()
             .with_min_delay(Duration::from_secs(1))
@@ -231,17 +271,45 @@ pub async fn run(
         config.namespaces.iter().cloned().map(Some).collect()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    // Woken by every deletion the watches see: the cleanup's cue.
+    let deleted = Arc::new(Notify::new());
     let mut scope_runs = Vec::new();
     let mut all_stores = Vec::new();
     for scope in scopes {
-        let mut stop = stop_rx.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let (stores, run) = scope_controller(&client, scope, &config, shared.clone(), stopped);
+        let (stores, run) = scope_controller(
+            &client,
+            scope,
+            &config,
+            shared.clone(),
+            deleted.clone(),
+            stopped(),
+        );
         all_stores.push(stores);
         scope_runs.push(run);
     }
+    let fidelity = &config.fidelity;
+    let posting = (fidelity.heartbeats() || fidelity.not_ready_fraction > 0.0).then(|| {
+        tokio::spawn(
+            kubelets
+                .clone()
+                .run(workloads.clone(), metrics.clone(), stopped()),
+        )
+    });
+    let cleanup = Cleanup {
+        kubelets: kubelets.clone(),
+        workloads,
+        metrics: metrics.clone(),
+        adopt: fidelity.tracks_nodes(),
+        delete_orphans: fidelity.delete_orphans,
+        all_metal3_machines: config.selector.is_none(),
+    };
+    let cleanup = tokio::spawn(cleanup.run(all_stores.clone(), deleted, stopped()));
     health.set_on_scrape({
         let stores = all_stores.clone();
         // Weak: the hook outlives the controller, which must drop `shared` to stop.
@@ -256,6 +324,7 @@ pub async fn run(
                 .metrics
                 .workload_clients
                 .set(shared.workloads.len() as i64);
+            shared.metrics.kubelets.set(shared.kubelets.len() as i64);
         }
     });
     let readiness = {
@@ -276,6 +345,10 @@ pub async fn run(
     tokio::spawn(forward_shutdown);
     tokio::spawn(readiness);
     futures::future::join_all(scope_runs).await;
+    let _ = cleanup.await;
+    if let Some(posting) = posting {
+        let _ = posting.await;
+    }
     health.set_ready(false);
     // The last sender goes with `shared`; the publisher then drains the queue and stops.
     drop(shared);
@@ -285,7 +358,7 @@ pub async fn run(
 async fn publish_events(
     mut queue: tokio::sync::mpsc::Receiver<(Event, ObjectReference)>,
     recorder: Recorder,
-    limiter: DefaultDirectRateLimiter,
+    limiter: Arc<DefaultDirectRateLimiter>,
 ) {
     while let Some((event, regarding)) = queue.recv().await {
         limiter.until_ready().await;
@@ -303,6 +376,7 @@ fn watch<K>(
     writer: reflector::store::Writer<K>,
     trim: fn(&mut K),
     synced: &mut Vec<tokio::sync::watch::Receiver<bool>>,
+    deleted: Option<Arc<Notify>>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -317,6 +391,12 @@ where
         .inspect_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
                 tx.send_replace(true);
+            }
+            // A re-list (InitDone) may hide deletions the watch missed.
+            if matches!(event, watcher::Event::Delete(_) | watcher::Event::InitDone)
+                && let Some(deleted) = &deleted
+            {
+                deleted.notify_one();
             }
         })
         .applied_objects()
@@ -343,6 +423,7 @@ fn scope_controller<S>(
     scope: Option<String>,
     config: &Config,
     shared: Arc<Shared>,
+    deleted: Arc<Notify>,
     stopped: S,
 ) -> (Stores, impl Future<Output = ()> + Send + use<S>)
 where
@@ -374,6 +455,7 @@ where
         m3m_writer,
         trim_meta,
         &mut synced,
+        Some(deleted.clone()),
     );
     let host_stream = watch(
         api(client, &scope),
@@ -381,6 +463,7 @@ where
         host_writer,
         trim_meta,
         &mut synced,
+        None,
     );
     let machine_stream = watch(
         api(client, &scope),
@@ -388,6 +471,7 @@ where
         machine_writer,
         trim_meta,
         &mut synced,
+        Some(deleted.clone()),
     );
     let cluster_stream = watch(
         api(client, &scope),
@@ -395,6 +479,7 @@ where
         cluster_writer,
         trim_meta,
         &mut synced,
+        Some(deleted.clone()),
     );
     // Only Secrets CAPI labels with a cluster name: unrelated Secrets are never cached.
     let secret_stream = watch(
@@ -403,6 +488,7 @@ where
         secret_writer,
         trim_secret,
         &mut synced,
+        Some(deleted),
     );
     let stores = Stores {
         metal3_machines: metal3_machines.clone(),
@@ -410,6 +496,7 @@ where
         machines: machines.clone(),
         clusters,
         secrets,
+        namespace: scope,
         synced,
     };
     let clock = shared.clone();
@@ -557,37 +644,123 @@ async fn reconcile_one(
             Ok((Action::await_change(), ReconcileResult::Waiting))
         }
         Plan::Ensure(desired) => {
+            let fidelity = &shared.fidelity;
+            let metrics = &shared.metrics;
+            let host_uid = node::host_uid(&desired.node)
+                .unwrap_or_default()
+                .to_string();
+            let node = desired.node.metadata.name.clone().unwrap_or_default();
+            if fidelity.fate(&host_uid) == Fate::NeverReady {
+                let first = {
+                    let mut timings = lock(&shared.timings);
+                    let timing = timings.entry(key).or_default();
+                    !std::mem::replace(&mut timing.withheld, true)
+                };
+                if first {
+                    metrics
+                        .faults_injected
+                        .with_label_values(&["never_ready"])
+                        .inc();
+                    info!(cluster = %desired.cluster, %node, "fault injection: this machine never gets a Node");
+                }
+                return Ok((Action::await_change(), ReconcileResult::Waiting));
+            }
             let needed = {
                 let mut timings = lock(&shared.timings);
                 let timing = timings.entry(key.clone()).or_default();
                 *timing.needed.get_or_insert(now)
             };
+            // The start of the creation latency, and of the startup delay.
+            let start = needed_since(
+                desired.provisioned_at.as_ref().map(|t| t.0),
+                needed,
+                shared.started,
+            );
+            let due = fidelity.startup_due(start, &host_uid);
+            if now < due {
+                let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
+                debug!(
+                    wait_seconds = wait.as_secs_f64(),
+                    "startup delay: the host is still booting"
+                );
+                return Ok((Action::requeue(wait), ReconcileResult::Waiting));
+            }
             let workload = shared
                 .workloads
                 .client(&desired.cluster, &desired.kubeconfig)
                 .await?;
-            shared
-                .metrics
-                .workload_clients
-                .set(shared.workloads.len() as i64);
-            let outcome = apply::ensure(&workload, &desired, &shared.metrics).await?;
-            let node = desired.node.metadata.name.clone().unwrap_or_default();
+            metrics.workload_clients.set(shared.workloads.len() as i64);
+            if fidelity.tracks_nodes() {
+                // After a restart, know first which of the cluster's Nodes are ours and
+                // which a fault has stopped.
+                shared.kubelets.adopt(&workload, metrics).await?;
+                if shared.kubelets.is_stopped(&desired.cluster, &node) {
+                    debug!(%node, "its kubelet stopped posting (an injected fault): left NotReady");
+                    return Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured));
+                }
+            }
+            // Before the Node: once CAPM3 sees the Node, this Metal3Machine is done.
+            if fidelity.annotate_certificate_expiry
+                && desired.kubeadm_config.is_some()
+                && !lock(&shared.timings)
+                    .get(&key)
+                    .is_some_and(|t| t.certificates_annotated)
+                && let Some(machine) = plan::owner_machine(m3m)
+            {
+                certificate_expiry::annotate(
+                    &shared.client,
+                    &shared.kube_limiter,
+                    &desired.cluster.namespace,
+                    machine,
+                    Timestamp::now(),
+                )
+                .await?;
+                lock(&shared.timings)
+                    .entry(key.clone())
+                    .or_default()
+                    .certificates_annotated = true;
+            }
+            if fidelity.static_pods
+                && let Some(facts) = StaticPodFacts::of_node(&desired.node)
+            {
+                let pods = static_pods::static_pods(&facts, fidelity.stacked_etcd_pods, &Time(now));
+                let created = apply::ensure_static_pods(&workload, &pods, metrics).await?;
+                metrics.static_pods_created.inc_by(created as u64);
+                if created > 0 {
+                    debug!(%node, created, "created static pods");
+                }
+            }
+            let outcome = apply::ensure(&workload, &desired, metrics).await?;
+            let mut lease_owner = apply::LeaseOwner::Unknown;
+            if fidelity.heartbeats()
+                && let Some(node_uid) = &outcome.node_uid
+            {
+                let lease = lease::node_lease(&node, node_uid, &MicroTime(Timestamp::now()));
+                if let Some(uid) = apply::ensure_lease(&workload, &lease, metrics).await? {
+                    lease_owner = apply::LeaseOwner::Ours(uid);
+                }
+            }
+            if fidelity.tracks_nodes()
+                && let Some(record) = kubelet::record_of(
+                    &desired.node,
+                    outcome.node_uid.as_deref(),
+                    outcome.node_since.as_ref().map(|t| t.0),
+                    lease_owner,
+                )
+            {
+                shared.kubelets.register(&desired.cluster, record);
+            }
             if outcome.kubeadm_config_created {
-                shared.metrics.kubeadm_configs_created.inc();
+                metrics.kubeadm_configs_created.inc();
                 info!(cluster = %desired.cluster, "created kube-system/kubeadm-config");
             }
             // A Node counts once, by the process that makes it Ready: the one that created
             // it, or the one that finds it not Ready yet (its creator was cut short).
             if outcome.node_created.is_some() || outcome.status_repaired {
                 let created = Timestamp::now();
-                let start = needed_since(
-                    desired.provisioned_at.as_ref().map(|t| t.0),
-                    needed,
-                    shared.started,
-                );
                 let latency = elapsed_seconds(start, created);
-                shared.metrics.nodes_created.inc();
-                shared.metrics.node_creation_latency.observe(latency);
+                metrics.nodes_created.inc();
+                metrics.node_creation_latency.observe(latency);
                 lock(&shared.timings).entry(key).or_default().node_created = Some(created);
                 info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
                 publish(

@@ -56,6 +56,11 @@ pub enum Error {
         found: Option<String>,
         wanted: String,
     },
+    #[error(
+        "cannot annotate the KubeadmConfig of Machine {machine} with its certificates' \
+         expiry (RBAC: deploy/components/certificate-expiry): {message}"
+    )]
+    CertificateExpiryAnnotation { machine: String, message: String },
 }
 
 impl Error {
@@ -81,6 +86,7 @@ impl Error {
         "workload_server_error",
         "workload_request_failed",
         "node_conflict",
+        "certificate_expiry_annotation_failed",
     ];
 
     /// A bounded, snake_case label for metrics and logs.
@@ -106,6 +112,7 @@ impl Error {
             Error::WorkloadServerError { .. } => "workload_server_error",
             Error::WorkloadRequest { .. } => "workload_request_failed",
             Error::NodeConflict { .. } => "node_conflict",
+            Error::CertificateExpiryAnnotation { .. } => "certificate_expiry_annotation_failed",
         }
     }
 
@@ -196,6 +203,10 @@ mod tests {
                 node: s(),
                 found: None,
                 wanted: s(),
+            },
+            Error::CertificateExpiryAnnotation {
+                machine: s(),
+                message: s(),
             },
         ];
         let reasons: Vec<_> = all.iter().map(Error::reason).collect();

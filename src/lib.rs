@@ -3,13 +3,17 @@
 //! Reconcile = observe (reflector stores) -> [`plan`] (pure) -> [`apply`] (workload client).
 
 pub mod apply;
+pub mod certificate_expiry;
+pub mod cleanup;
 pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod envtest;
 pub mod error;
 pub mod fake;
+pub mod fidelity;
 pub mod http;
+pub mod kubelet;
 pub mod metrics;
 pub mod plan;
 pub mod resources;

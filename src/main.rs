@@ -58,6 +58,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         workload: args.workload_settings(),
         max_retry_delay: args.max_retry_delay,
         instance: std::env::var("POD_NAME").ok(),
+        fidelity: args.fidelity(),
     };
     controller::run(client, config, metrics, health, stopped()).await;
     server.await??;

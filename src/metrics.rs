@@ -51,7 +51,17 @@ pub struct Metrics {
     pub workload_requests: IntCounterVec,
     pub workload_request_duration: HistogramVec,
     pub events_dropped: IntCounter,
+    pub static_pods_created: IntCounter,
+    pub nodes_deleted: IntCounter,
+    pub kubelets: IntGauge,
+    pub heartbeats: IntCounterVec,
+    pub faults_injected: IntCounterVec,
 }
+
+/// The values of `fakenode_heartbeats_total{result}`.
+pub const HEARTBEAT_RESULTS: &[&str] = &["posted", "failed", "skipped"];
+/// The values of `fakenode_faults_injected_total{fault}`.
+pub const FAULTS: &[&str] = &["never_ready", "not_ready"];
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -122,6 +132,35 @@ impl Metrics {
                 "fakenode_events_dropped_total",
                 "Kubernetes Events dropped because the publishing queue was full.",
             )?,
+            static_pods_created: IntCounter::new(
+                "fakenode_static_pods_created_total",
+                "Mirror Pods of control-plane static pods created in workload clusters.",
+            )?,
+            nodes_deleted: IntCounter::new(
+                "fakenode_nodes_deleted_total",
+                "Nodes deleted (with their static pods and Lease) because their Machine or \
+                 Metal3Machine is gone.",
+            )?,
+            kubelets: IntGauge::new(
+                "fakenode_kubelets",
+                "Nodes this process keeps (heartbeats, faults, cleanup): its fake kubelets.",
+            )?,
+            heartbeats: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_heartbeats_total",
+                    "Node heartbeats (Lease and condition renewal), by result: posted, \
+                     failed, or skipped (the cluster's previous ones still in flight).",
+                ),
+                &["result"],
+            )?,
+            faults_injected: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_faults_injected_total",
+                    "Injected faults: never_ready (a machine withheld its Node), not_ready \
+                     (a Node's kubelet stopped posting).",
+                ),
+                &["fault"],
+            )?,
             registry,
         };
         metrics.register()?;
@@ -141,6 +180,11 @@ impl Metrics {
         r.register(Box::new(self.workload_requests.clone()))?;
         r.register(Box::new(self.workload_request_duration.clone()))?;
         r.register(Box::new(self.events_dropped.clone()))?;
+        r.register(Box::new(self.static_pods_created.clone()))?;
+        r.register(Box::new(self.nodes_deleted.clone()))?;
+        r.register(Box::new(self.kubelets.clone()))?;
+        r.register(Box::new(self.heartbeats.clone()))?;
+        r.register(Box::new(self.faults_injected.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "fakenode_build_info",
@@ -159,6 +203,12 @@ impl Metrics {
         // Every reason from the start, so that rate() and alerts see a zero, not nothing.
         for reason in Error::REASONS {
             self.reconcile_errors.with_label_values(&[reason]);
+        }
+        for result in HEARTBEAT_RESULTS {
+            self.heartbeats.with_label_values(&[result]);
+        }
+        for fault in FAULTS {
+            self.faults_injected.with_label_values(&[fault]);
         }
         Ok(())
     }
@@ -212,5 +262,7 @@ mod tests {
         assert!(text.contains("fakenode_reconcile_errors_total{reason=\"node_conflict\"} 0"));
         assert!(text.contains("fakenode_build_info{version="));
         assert!(text.contains("fakenode_node_creation_latency_seconds_bucket{le=\"0.005\"} 0"));
+        assert!(text.contains("fakenode_heartbeats_total{result=\"skipped\"} 0"));
+        assert!(text.contains("fakenode_faults_injected_total{fault=\"not_ready\"} 0"));
     }
 }

@@ -195,23 +195,7 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
         None
     };
 
-    let secret_name = format!("{cluster_name}-kubeconfig");
-    let secret_id = format!("{namespace}/{secret_name}");
-    let secret =
-        lookup
-            .secret(&namespace, &secret_name)
-            .ok_or_else(|| Error::KubeconfigSecretMissing {
-                secret: secret_id.clone(),
-            })?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("value"))
-        .filter(|v| !v.0.is_empty())
-        .cloned()
-        .ok_or_else(|| Error::KubeconfigSecretNoValue {
-            secret: secret_id.clone(),
-        })?;
+    let kubeconfig = kubeconfig_source(lookup, &namespace, &cluster_name)?;
 
     let machine_ip = m3m.status.as_ref().and_then(|s| {
         s.addresses
@@ -227,20 +211,49 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
         machine_ip,
         &hardware(&host),
     );
+    let mut node = node::node(&facts, now);
+    node::label_cluster(&mut node, &namespace, &cluster_name);
     Ok(Plan::Ensure(Box::new(Desired {
         cluster: ClusterKey {
             namespace,
             name: cluster_name,
         },
-        kubeconfig: KubeconfigSource {
-            secret: secret_id,
-            value,
-        },
-        node: node::node(&facts, now),
+        kubeconfig,
+        node,
         kubeadm_config,
         host: host_id,
         provisioned_at: status.operation_history.provision.end,
     })))
+}
+
+/// The kubeconfig of a workload cluster: its CAPI Secret `<cluster>-kubeconfig`, key
+/// `value`.
+pub fn kubeconfig_source(
+    lookup: &impl Lookup,
+    namespace: &str,
+    cluster: &str,
+) -> Result<KubeconfigSource, Error> {
+    let secret_name = format!("{cluster}-kubeconfig");
+    let secret_id = format!("{namespace}/{secret_name}");
+    let secret =
+        lookup
+            .secret(namespace, &secret_name)
+            .ok_or_else(|| Error::KubeconfigSecretMissing {
+                secret: secret_id.clone(),
+            })?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .filter(|v| !v.0.is_empty())
+        .cloned()
+        .ok_or_else(|| Error::KubeconfigSecretNoValue {
+            secret: secret_id.clone(),
+        })?;
+    Ok(KubeconfigSource {
+        secret: secret_id,
+        value,
+    })
 }
 
 fn hardware(host: &BareMetalHost) -> Hardware {
@@ -415,6 +428,8 @@ mod tests {
         let labels = d.node.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[UUID_LABEL], "bmh-uid-0");
         assert_eq!(labels[node::CONTROL_PLANE_ROLE], "");
+        assert_eq!(labels[node::CLUSTER_NAMESPACE_LABEL], "metal3");
+        assert_eq!(labels[node::CLUSTER_NAME_LABEL], "test1");
         let status = d.node.status.as_ref().unwrap();
         assert_eq!(
             status.addresses.as_ref().unwrap()[0].address,

@@ -129,6 +129,17 @@ impl WorkloadClients {
         Ok(client)
     }
 
+    /// The cached client of a cluster, if one was built: for work that outlives a
+    /// reconcile (heartbeats, cleanup), which must not build clients of its own.
+    pub fn cached(&self, cluster: &ClusterKey) -> Option<WorkloadClient> {
+        self.lock().get(cluster).map(|e| e.client.clone())
+    }
+
+    /// The clusters with a cached client.
+    pub fn clusters(&self) -> Vec<ClusterKey> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Drops the cached client of a cluster (its Secret is gone).
     pub fn forget(&self, cluster: &ClusterKey) {
         self.lock().remove(cluster);
@@ -374,7 +385,13 @@ current-context: admin@c
             "rotated kubeconfig, new client"
         );
         assert_eq!(clients.len(), 1);
+        assert!(Arc::ptr_eq(
+            &clients.cached(&key).unwrap().limiter,
+            &c.limiter
+        ));
+        assert_eq!(clients.clusters(), std::slice::from_ref(&key));
         clients.forget(&key);
+        assert!(clients.cached(&key).is_none());
         assert!(clients.is_empty());
     }
 

@@ -8,11 +8,15 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde_json::json;
 
 use super::{MANAGED_BY, MANAGED_BY_LABEL};
 use crate::resources::UUID_LABEL;
 
 pub const CONTROL_PLANE_ROLE: &str = "node-role.kubernetes.io/control-plane";
+/// The namespace and name of the CAPI Cluster a Node was made for.
+pub const CLUSTER_NAMESPACE_LABEL: &str = "fakenode.metal3.io/cluster-namespace";
+pub const CLUSTER_NAME_LABEL: &str = "fakenode.metal3.io/cluster-name";
 const DEFAULT_CPUS: u32 = 4;
 const DEFAULT_MEMORY_MIB: u64 = 16 * 1024;
 const DEFAULT_DISK_BYTES: u64 = 100 * 1024 * 1024 * 1024;
@@ -94,10 +98,7 @@ fn kubernetes_arch(arch: Option<&str>) -> String {
 
 /// A stable address in 100.64.0.0/10 (shared address space, never routed publicly).
 pub fn fake_ip(seed: &str) -> String {
-    // FNV-1a: stable across Rust versions, unlike std's hasher.
-    let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = super::fnv1a(seed);
     let bits = (hash & 0x3f_ffff) as u32;
     let last = (bits & 0xff).clamp(1, 254);
     format!("100.{}.{}.{}", 64 + (bits >> 16), (bits >> 8) & 0xff, last)
@@ -146,16 +147,52 @@ pub fn node(facts: &NodeFacts, now: &Time) -> Node {
     }
 }
 
+/// The conditions a healthy kubelet posts: (type, status, reason, message).
+const HEALTHY_CONDITIONS: [(&str, &str, &str, &str); 4] = [
+    (
+        "MemoryPressure",
+        "False",
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
+    (
+        "DiskPressure",
+        "False",
+        "KubeletHasNoDiskPressure",
+        "kubelet has no disk pressure",
+    ),
+    (
+        "PIDPressure",
+        "False",
+        "KubeletHasSufficientPID",
+        "kubelet has sufficient PID available",
+    ),
+    (
+        "Ready",
+        "True",
+        "KubeletReady",
+        "kubelet is posting ready status",
+    ),
+];
+
+/// What the node lifecycle controller writes on every condition of a Node whose kubelet
+/// stopped posting: the same for an injected fault, so consumers see a real failure.
+pub const NOT_READY_REASON: &str = "NodeStatusUnknown";
+const NOT_READY_MESSAGE: &str = "Kubelet stopped posting node status.";
+
 /// The status a healthy kubelet posts: Ready, no pressure, its version and resources.
 pub fn node_status(facts: &NodeFacts, now: &Time) -> NodeStatus {
-    let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: Some(reason.to_string()),
-        message: Some(message.to_string()),
-        last_heartbeat_time: Some(now.clone()),
-        last_transition_time: Some(now.clone()),
-    };
+    let conditions = HEALTHY_CONDITIONS
+        .iter()
+        .map(|(type_, status, reason, message)| NodeCondition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            last_heartbeat_time: Some(now.clone()),
+            last_transition_time: Some(now.clone()),
+        })
+        .collect();
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(facts.cpus.to_string())),
         (
@@ -171,32 +208,7 @@ pub fn node_status(facts: &NodeFacts, now: &Time) -> NodeStatus {
         ("hugepages-2Mi".to_string(), Quantity("0".to_string())),
     ]);
     NodeStatus {
-        conditions: Some(vec![
-            condition(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            condition(
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
-            ),
-            condition(
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-            ),
-            condition(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-            ),
-        ]),
+        conditions: Some(conditions),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".to_string(),
@@ -227,6 +239,49 @@ pub fn node_status(facts: &NodeFacts, now: &Time) -> NodeStatus {
         }),
         ..Default::default()
     }
+}
+
+/// A strategic merge patch of the Node's status that renews every condition's
+/// `lastHeartbeatTime`, as a kubelet's periodic status update does (conditions merge by
+/// `type`, so nothing else changes).
+pub fn heartbeat_patch(now: &Time) -> serde_json::Value {
+    let conditions: Vec<_> = HEALTHY_CONDITIONS
+        .iter()
+        .map(|(type_, ..)| json!({"type": type_, "lastHeartbeatTime": now}))
+        .collect();
+    json!({ "status": { "conditions": conditions } })
+}
+
+/// A strategic merge patch that makes every condition `Unknown`, as the node lifecycle
+/// controller does once a kubelet has stopped posting (its last heartbeat stays).
+pub fn not_ready_patch(now: &Time) -> serde_json::Value {
+    let conditions: Vec<_> = HEALTHY_CONDITIONS
+        .iter()
+        .map(|(type_, ..)| {
+            json!({
+                "type": type_, "status": "Unknown", "reason": NOT_READY_REASON,
+                "message": NOT_READY_MESSAGE, "lastTransitionTime": now,
+            })
+        })
+        .collect();
+    json!({ "status": { "conditions": conditions } })
+}
+
+/// Labels a Node with the workload cluster it was made for, so that after a restart the
+/// Nodes of one cluster can be listed from an API server that many clusters share. CAPI
+/// cluster names and namespaces both fit in a label value (63 characters).
+pub fn label_cluster(node: &mut Node, namespace: &str, name: &str) {
+    let labels = node.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(CLUSTER_NAMESPACE_LABEL.to_string(), namespace.to_string());
+    labels.insert(CLUSTER_NAME_LABEL.to_string(), name.to_string());
+}
+
+/// The label selector of our Nodes of one workload cluster.
+pub fn cluster_selector(namespace: &str, name: &str) -> String {
+    format!(
+        "{},{CLUSTER_NAMESPACE_LABEL}={namespace},{CLUSTER_NAME_LABEL}={name}",
+        super::managed_by_selector()
+    )
 }
 
 /// Whether a Node's status says Ready=True.
@@ -291,6 +346,41 @@ mod tests {
         assert_eq!(pressure.len(), 3);
         assert!(pressure.iter().all(|c| c.status == "False"));
         assert_eq!(status.node_info.unwrap().kubelet_version, "v1.34.1");
+    }
+
+    #[test]
+    fn heartbeats_touch_only_heartbeat_times_and_a_dead_kubelet_is_unknown() {
+        let later = Time("2026-11-25T10:00:40Z".parse().unwrap());
+        let beat = heartbeat_patch(&later);
+        let conditions = beat["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 4);
+        for c in conditions {
+            let keys: Vec<_> = c.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["lastHeartbeatTime", "type"], "{c}");
+            assert_eq!(c["lastHeartbeatTime"], "2026-11-25T10:00:40Z");
+        }
+        assert!(conditions.iter().any(|c| c["type"] == "Ready"));
+        let down = not_ready_patch(&later);
+        for c in down["status"]["conditions"].as_array().unwrap() {
+            assert_eq!(c["status"], "Unknown");
+            assert_eq!(c["reason"], NOT_READY_REASON);
+            assert!(c.get("lastHeartbeatTime").is_none(), "the last one stays");
+        }
+    }
+
+    #[test]
+    fn cluster_labels_select_one_clusters_nodes() {
+        let mut n = node(&facts(false), &now());
+        label_cluster(&mut n, "metal3", "test1");
+        let labels = n.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[CLUSTER_NAMESPACE_LABEL], "metal3");
+        assert_eq!(labels[CLUSTER_NAME_LABEL], "test1");
+        assert!(crate::fake::is_ours(&n.metadata));
+        assert_eq!(
+            cluster_selector("metal3", "test1"),
+            "app.kubernetes.io/managed-by=metal3-fakenode,\
+             fakenode.metal3.io/cluster-namespace=metal3,fakenode.metal3.io/cluster-name=test1"
+        );
     }
 
     #[test]

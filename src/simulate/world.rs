@@ -346,3 +346,90 @@ pub async fn patch_machine(
         .await
         .map(|_| ())
 }
+
+/// Deletes one machine as a scale-down or rollout ends it: the Metal3Machine, the CAPI
+/// Machine and the BareMetalHost that [`machine`] created (in the simulated world nothing
+/// holds them with finalizers). Objects already gone are fine.
+pub async fn delete_machine(
+    client: &Client,
+    ns: &str,
+    spec: &MachineSpec,
+) -> Result<(), kube::Error> {
+    let params = kube::api::DeleteParams::default();
+    for (api, name) in [
+        (metal3_machines(client, ns), spec.name.clone()),
+        (machines(client, ns), spec.name.clone()),
+        (hosts(client, ns), spec.host()),
+    ] {
+        match api.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a cluster's kubeconfig Secret (as CAPI does when the cluster goes).
+pub async fn delete_kubeconfig_secret(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+) -> Result<(), kube::Error> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .delete(&format!("{cluster}-kubeconfig"), &Default::default())
+        .await
+        .map(|_| ())
+}
+
+fn kubeadm_configs(client: &Client, ns: &str) -> Api<DynamicObject> {
+    dynamic(
+        client,
+        ns,
+        "bootstrap.cluster.x-k8s.io",
+        "v1beta2",
+        "KubeadmConfig",
+    )
+}
+
+/// The KubeadmConfig of a control-plane Machine, as KCP makes it (named like the Machine,
+/// referenced by its `spec.bootstrap.configRef`), with `annotations` of its own.
+pub async fn kubeadm_config(
+    client: &Client,
+    ns: &str,
+    machine: &str,
+    annotations: BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
+    kubeadm_configs(client, ns)
+        .create(
+            &PostParams::default(),
+            &object(json!({
+                "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfig",
+                "metadata": {"name": machine, "namespace": ns, "annotations": annotations},
+                "spec": {"format": "cloud-config"},
+            }))?,
+        )
+        .await?;
+    patch_machine(
+        client,
+        ns,
+        machine,
+        json!({"spec": {"bootstrap": {"configRef": {
+            "apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfig", "name": machine,
+        }}}}),
+    )
+    .await
+}
+
+/// The annotations of a KubeadmConfig.
+pub async fn kubeadm_config_annotations(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, String>, kube::Error> {
+    Ok(kubeadm_configs(client, ns)
+        .get(name)
+        .await?
+        .annotations()
+        .clone())
+}
