@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller: a Ready Node for every provisioned Metal3Machine.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// A local scale run: real control planes, N simulated workload clusters, the
     /// controller as its own process, and a report.
     Demo(DemoArgs),
@@ -183,9 +183,78 @@ pub struct RunArgs {
     /// deploy/components/certificate-expiry).
     #[arg(long, env = "FAKENODE_ANNOTATE_CERTIFICATE_EXPIRY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub annotate_certificate_expiry: bool,
+
+    /// Split the clusters between this many replicas, each handling the clusters whose
+    /// `namespace/name` hashes to its --shard-index (no coordination needed).
+    #[arg(long, env = "FAKENODE_SHARD_COUNT", default_value_t = 1)]
+    pub shard_count: u32,
+
+    /// This replica's shard (0-based). Default: the ordinal ending POD_NAME (a
+    /// StatefulSet Pod), else 0.
+    #[arg(long, env = "FAKENODE_SHARD_INDEX")]
+    pub shard_index: Option<u32>,
+
+    /// Reconcile only while holding a Lease, so that replicas can stand by; a standby
+    /// takes over within the lease duration.
+    #[arg(long, env = "FAKENODE_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "metal3")]
+    pub leader_elect_namespace: String,
+
+    /// Name of the Lease. Default: metal3-fakenode, or metal3-fakenode-shard-I-of-N.
+    #[arg(long, env = "FAKENODE_LEADER_ELECT_LEASE_NAME")]
+    pub leader_elect_lease_name: Option<String>,
+
+    /// This replica in the Lease. Default: POD_NAME, else host name and process id.
+    #[arg(long, env = "FAKENODE_LEADER_ELECT_IDENTITY")]
+    pub leader_elect_identity: Option<String>,
+
+    /// How long a Lease lasts without renewal.
+    #[arg(long, env = "FAKENODE_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+
+    /// The leader renews this long before the Lease expires, and stops acting when half of
+    /// it is left without a renewal seen.
+    #[arg(long, env = "FAKENODE_LEADER_ELECT_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub leader_elect_grace: Duration,
 }
 
 impl RunArgs {
+    /// The shard: --shard-index, else a StatefulSet ordinal at the end of POD_NAME.
+    pub fn shard(&self) -> Result<crate::shard::Shard, String> {
+        let ordinal = || {
+            let pod = std::env::var("POD_NAME").ok()?;
+            pod.rsplit('-').next()?.parse::<u32>().ok()
+        };
+        let index = self.shard_index.or_else(ordinal).unwrap_or(0);
+        crate::shard::Shard::new(index, self.shard_count)
+    }
+
+    pub fn leader_election(&self, shard: crate::shard::Shard) -> crate::leadership::Settings {
+        let lease_name = self.leader_elect_lease_name.clone().unwrap_or_else(|| {
+            if shard.is_sharded() {
+                format!("metal3-fakenode-shard-{}-of-{}", shard.index, shard.count)
+            } else {
+                "metal3-fakenode".to_string()
+            }
+        });
+        let identity = self.leader_elect_identity.clone().unwrap_or_else(|| {
+            std::env::var("POD_NAME").unwrap_or_else(|_| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            })
+        });
+        crate::leadership::Settings {
+            namespace: self.leader_elect_namespace.clone(),
+            lease_name,
+            identity,
+            lease_duration: self.leader_elect_lease_duration,
+            grace: self.leader_elect_grace,
+        }
+    }
+
     pub fn fidelity(&self) -> crate::fidelity::Fidelity {
         crate::fidelity::Fidelity {
             static_pods: self.static_pods,

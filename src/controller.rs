@@ -40,6 +40,7 @@ use crate::plan::{self, Lookup, Plan};
 use crate::resources::{
     BareMetalHost, CLUSTER_NAME_LABEL, Cluster, Machine, Metal3Machine, PROVISIONED,
 };
+use crate::shard::Shard;
 use crate::workload::{Settings, WorkloadClients};
 
 /// The controller name on Events and in logs.
@@ -63,6 +64,8 @@ pub struct Config {
     pub instance: Option<String>,
     /// Static pods, heartbeats, cleanup, startup delay, faults. `Default`: none of them.
     pub fidelity: Fidelity,
+    /// The clusters this replica handles.
+    pub shard: Shard,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             max_retry_delay: Duration::from_secs(300),
             instance: None,
             fidelity: Fidelity::default(),
+            shard: Shard::default(),
         }
     }
 }
@@ -86,6 +90,7 @@ const EVENT_QUEUE: usize = 1024;
 
 /// State shared by every watch scope.
 struct Shared {
+    shard: Shard,
     /// Events are best-effort, as in client-go: queued for a rate-limited publisher so that
     /// a burst of Events never slows down the creation of Nodes.
     events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
@@ -247,6 +252,7 @@ pub async fn run(
     let workloads = Arc::new(WorkloadClients::new(config.workload.clone()));
     let kubelets = Arc::new(Kubelets::new(config.fidelity.clone()));
     let shared = Arc::new(Shared {
+        shard: config.shard,
         events,
         workloads: workloads.clone(),
         kubelets: kubelets.clone(),
@@ -583,6 +589,13 @@ async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Context>) -> Result<Action,
     // The controller starts once the Metal3Machine store is ready; the lookups need the
     // others too, or a restart would report every host "not found".
     ctx.stores.wait_ready().await;
+    // Another shard's Metal3Machine: not even a metric or a log line here.
+    if !ctx.shared.shard.owns(
+        m3m.namespace().as_deref().unwrap_or_default(),
+        m3m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
+    ) {
+        return Ok(Action::await_change());
+    }
     let span = info_span!(
         "reconcile",
         namespace = m3m.namespace().unwrap_or_default(),

@@ -12,12 +12,14 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+
 /// What the HTTP endpoints report on.
 pub struct Health {
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     /// Brings gauges derived from the stores up to date just before a scrape.
-    on_scrape: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    on_scrape: std::sync::Mutex<Option<ScrapeHook>>,
 }
 
 impl Health {
@@ -25,13 +27,16 @@ impl Health {
         Self {
             metrics,
             ready: AtomicBool::new(false),
-            on_scrape: std::sync::OnceLock::new(),
+            on_scrape: std::sync::Mutex::new(None),
         }
     }
 
-    /// Sets the scrape hook; only the first call takes effect.
+    /// Sets the scrape hook, replacing the previous one (a new leadership term has new stores).
     pub fn set_on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_scrape.set(Box::new(hook));
+        *self
+            .on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(hook));
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -52,7 +57,12 @@ pub fn router(health: Arc<Health>) -> Router {
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    if let Some(hook) = health.on_scrape.get() {
+    if let Some(hook) = health
+        .on_scrape
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
         hook();
     }
     match health.metrics.render() {

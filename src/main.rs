@@ -8,14 +8,14 @@ use metal3_fakenode::cli::{Cli, Command, RunArgs};
 use metal3_fakenode::controller::{self, Config};
 use metal3_fakenode::http::{self, Health};
 use metal3_fakenode::metrics::Metrics;
-use metal3_fakenode::telemetry;
+use metal3_fakenode::{leadership, telemetry};
 use tracing::{error, info};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Demo(args) => metal3_fakenode::demo::run(args).await,
     };
     match result {
@@ -31,7 +31,10 @@ async fn main() -> ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let client = kube::Client::try_default().await?;
-    let metrics = Arc::new(Metrics::new()?);
+    let shard = args.shard().map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(Metrics::for_shard(
+        shard.is_sharded().then_some(shard.index),
+    )?);
     let health = Arc::new(Health::new(metrics.clone()));
     let listener = http::bind(args.metrics_bind_address)
         .await
@@ -59,11 +62,74 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_retry_delay: args.max_retry_delay,
         instance: std::env::var("POD_NAME").ok(),
         fidelity: args.fidelity(),
+        shard,
     };
-    controller::run(client, config, metrics, health, stopped()).await;
+    if args.leader_elect {
+        let settings = args.leader_election(shard);
+        settings.check().map_err(anyhow::Error::msg)?;
+        lead(client, config, metrics, health, settings, stopped()).await?;
+    } else {
+        metrics.leader.set(1);
+        controller::run(client, config, metrics, health, stopped()).await;
+    }
     server.await??;
     info!("stopped");
     Ok(())
+}
+
+/// Runs the controller while this replica leads, standing by otherwise, until `shutdown`.
+/// On a lost leadership the controller is told to stop and given half the grace period to
+/// drain; whatever is left is dropped, so nothing is written once the Lease can expire.
+async fn lead(
+    client: kube::Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    settings: leadership::Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    info!(lease = %settings.lease_name, namespace = %settings.namespace, identity = %settings.identity, "standing for election");
+    let drain = settings.grace / 2;
+    let mut leading = leadership::elect(client.clone(), settings).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A standby is healthy and ready: a rollout must not wait for a leader change.
+        metrics.leader.set(0);
+        health.set_ready(true);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            won = leading.wait_for(|l| *l) => {
+                won.map_err(|_| anyhow::anyhow!("leader election stopped"))?;
+            }
+        }
+        metrics.leader.set(1);
+        health.set_ready(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut run = std::pin::pin!(controller::run(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            health.clone(),
+            stop,
+        ));
+        tokio::select! {
+            _ = &mut run => {}
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                run.await;
+                return Ok(());
+            }
+            _ = leading.wait_for(|l| !*l) => {
+                let _ = stop_tx.send(true);
+                metrics.leader.set(0);
+                let _ = tokio::time::timeout(drain, &mut run).await;
+            }
+        }
+    }
 }
 
 /// SIGTERM (kubelet, the demo) or Ctrl-C.

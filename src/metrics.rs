@@ -51,6 +51,8 @@ pub struct Metrics {
     pub workload_requests: IntCounterVec,
     pub workload_request_duration: HistogramVec,
     pub events_dropped: IntCounter,
+    /// 1 while this replica leads (or when leader election is off), 0 on standby.
+    pub leader: IntGauge,
     pub static_pods_created: IntCounter,
     pub nodes_deleted: IntCounter,
     pub kubelets: IntGauge,
@@ -65,7 +67,15 @@ pub const FAULTS: &[&str] = &["never_ready", "not_ready"];
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+        Self::for_shard(None)
+    }
+
+    /// With `Some(index)`, every metric carries `shard="<index>"`: one value per replica,
+    /// so cardinality stays bounded and per-shard rates can be told apart.
+    pub fn for_shard(shard: Option<u32>) -> Result<Self, prometheus::Error> {
+        let labels =
+            shard.map(|i| std::collections::HashMap::from([("shard".to_string(), i.to_string())]));
+        let registry = Registry::new_custom(None, labels)?;
         let histogram = |name: &str, help: &str| {
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
         };
@@ -132,6 +142,10 @@ impl Metrics {
                 "fakenode_events_dropped_total",
                 "Kubernetes Events dropped because the publishing queue was full.",
             )?,
+            leader: IntGauge::new(
+                "fakenode_leader",
+                "1 while this replica reconciles (it leads, or leader election is off); 0 on standby.",
+            )?,
             static_pods_created: IntCounter::new(
                 "fakenode_static_pods_created_total",
                 "Mirror Pods of control-plane static pods created in workload clusters.",
@@ -180,6 +194,7 @@ impl Metrics {
         r.register(Box::new(self.workload_requests.clone()))?;
         r.register(Box::new(self.workload_request_duration.clone()))?;
         r.register(Box::new(self.events_dropped.clone()))?;
+        r.register(Box::new(self.leader.clone()))?;
         r.register(Box::new(self.static_pods_created.clone()))?;
         r.register(Box::new(self.nodes_deleted.clone()))?;
         r.register(Box::new(self.kubelets.clone()))?;
@@ -237,6 +252,19 @@ pub fn elapsed_seconds(start: jiff::Timestamp, end: jiff::Timestamp) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_labels_every_metric() {
+        let m = Metrics::for_shard(Some(1)).unwrap();
+        m.nodes_created.inc();
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("fakenode_nodes_created_total{shard=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("fakenode_leader{shard=\"1\"} 0"), "{text}");
+        assert!(!Metrics::new().unwrap().render().unwrap().contains("shard="));
+    }
 
     #[test]
     fn elapsed_time_is_clamped_at_zero() {
