@@ -38,7 +38,11 @@ impl Shard {
     /// The shard of the cluster `namespace/cluster`.
     pub fn of(namespace: &str, cluster: &str, count: u32) -> u32 {
         let key = format!("{namespace}/{cluster}");
-        (fnv1a(&key) % u64::from(count.max(1))) as u32
+        // FNV-1a alone avalanches poorly: names differing in their last characters (as
+        // cluster names do) keep the same low and high bits, which put every cluster in a
+        // few shards. murmur3's finalizer mixes it; multiply-shift then maps the 64 bits
+        // onto 0..count evenly.
+        ((u128::from(fmix64(fnv1a(&key))) * u128::from(count.max(1))) >> 64) as u32
     }
 
     /// Whether this replica handles a Metal3Machine of `cluster` in `namespace`. One
@@ -49,6 +53,15 @@ impl Shard {
             _ => self.index == 0,
         }
     }
+}
+
+/// murmur3's 64-bit finalizer: every input bit affects every output bit.
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// `I/N`, or a StatefulSet Pod name ending in `-I` with the count given apart.
@@ -94,6 +107,11 @@ mod tests {
         for n in per_shard {
             assert!((200..300).contains(&n), "unbalanced: {per_shard:?}");
         }
+        // Names that differ only at the end still spread.
+        let two: Vec<u32> = (0..24)
+            .map(|c| Shard::of("shards-0", &format!("shards-0-c{c}"), 2))
+            .collect();
+        assert!(two.contains(&0) && two.contains(&1), "{two:?}");
         // Unknown cluster: shard 0 only.
         assert!(shards[0].owns("ns", None) && !shards[1].owns("ns", Some("")));
         assert!(Shard::default().owns("any", Some("thing")));
