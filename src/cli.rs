@@ -228,7 +228,12 @@ impl RunArgs {
             let pod = std::env::var("POD_NAME").ok()?;
             pod.rsplit('-').next()?.parse::<u32>().ok()
         };
-        let index = self.shard_index.or_else(ordinal).unwrap_or(0);
+        // Only when sharded: a Deployment's Pod name may end in digits too.
+        let index = match self.shard_index {
+            Some(i) => i,
+            None if self.shard_count > 1 => ordinal().unwrap_or(0),
+            None => 0,
+        };
         crate::shard::Shard::new(index, self.shard_count)
     }
 
