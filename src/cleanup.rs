@@ -26,6 +26,7 @@ use crate::kubelet::{Kubelets, Tracked};
 use crate::metrics::Metrics;
 use crate::plan::{ClusterKey, KubeconfigSource, Lookup, kubeconfig_source, owner_machine};
 use crate::resources::{CLUSTER_NAME_LABEL, Metal3Machine};
+use crate::shard::Shard;
 use crate::workload::WorkloadClients;
 
 /// A sweep runs at least this often.
@@ -107,6 +108,8 @@ pub struct Cleanup {
     pub delete_orphans: bool,
     /// No label selector on the Metal3Machines.
     pub all_metal3_machines: bool,
+    /// Only this shard's clusters are taken over (the others' replicas keep theirs).
+    pub shard: Shard,
 }
 
 impl Cleanup {
@@ -129,7 +132,11 @@ impl Cleanup {
             () = synced => {}
         }
         loop {
-            self.sweep(&scopes).await;
+            // A sweep stops half-way with the controller: what it left is found again.
+            tokio::select! {
+                () = &mut stopped => return,
+                () = self.sweep(&scopes) => {}
+            }
             tokio::select! {
                 () = &mut stopped => return,
                 () = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
@@ -140,12 +147,18 @@ impl Cleanup {
 
     async fn sweep(&self, scopes: &[Stores]) {
         if self.adopt {
+            let mut unknown = Vec::new();
             for scope in scopes {
                 let m3ms = scope.metal3_machines.state();
-                for (cluster, source) in clusters_in_use(m3ms.iter().map(|m| m.as_ref()), scope) {
-                    if self.kubelets.is_adopted(&cluster) {
-                        continue;
-                    }
+                unknown.extend(
+                    clusters_in_use(m3ms.iter().map(|m| m.as_ref()), scope)
+                        .into_iter()
+                        .filter(|(c, _)| self.shard.owns(&c.namespace, Some(&c.name)))
+                        .filter(|(cluster, _)| !self.kubelets.is_adopted(cluster)),
+                );
+            }
+            futures::stream::iter(unknown)
+                .for_each_concurrent(CLUSTERS_AT_ONCE, |(cluster, source)| async move {
                     let adopted = async {
                         let workload = self.workloads.client(&cluster, &source).await?;
                         self.kubelets.adopt(&workload, &self.metrics).await
@@ -153,8 +166,8 @@ impl Cleanup {
                     if let Err(e) = adopted.await {
                         debug!(%cluster, reason = e.reason(), error = %e, "cannot take over the Nodes of an earlier run yet");
                     }
-                }
-            }
+                })
+                .await;
         }
         let mut clusters = self.kubelets.clusters();
         clusters.extend(self.workloads.clusters());

@@ -85,6 +85,16 @@ impl Default for Config {
     }
 }
 
+/// A task that ends with the controller even if the controller's future is dropped (a lost
+/// leadership does that): heartbeats and deletes must not outlive it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Events waiting for the publisher; beyond this many, new ones are dropped (and counted).
 const EVENT_QUEUE: usize = 1024;
 
@@ -301,11 +311,11 @@ pub async fn run(
     }
     let fidelity = &config.fidelity;
     let posting = (fidelity.heartbeats() || fidelity.not_ready_fraction > 0.0).then(|| {
-        tokio::spawn(
-            kubelets
-                .clone()
-                .run(workloads.clone(), metrics.clone(), stopped()),
-        )
+        AbortOnDrop(tokio::spawn(kubelets.clone().run(
+            workloads.clone(),
+            metrics.clone(),
+            stopped(),
+        )))
     });
     let cleanup = Cleanup {
         kubelets: kubelets.clone(),
@@ -314,8 +324,13 @@ pub async fn run(
         adopt: fidelity.tracks_nodes(),
         delete_orphans: fidelity.delete_orphans,
         all_metal3_machines: config.selector.is_none(),
+        shard: config.shard,
     };
-    let cleanup = tokio::spawn(cleanup.run(all_stores.clone(), deleted, stopped()));
+    let mut cleanup = AbortOnDrop(tokio::spawn(cleanup.run(
+        all_stores.clone(),
+        deleted,
+        stopped(),
+    )));
     health.set_on_scrape({
         let stores = all_stores.clone();
         // Weak: the hook outlives the controller, which must drop `shared` to stop.
@@ -351,9 +366,9 @@ pub async fn run(
     tokio::spawn(forward_shutdown);
     tokio::spawn(readiness);
     futures::future::join_all(scope_runs).await;
-    let _ = cleanup.await;
-    if let Some(posting) = posting {
-        let _ = posting.await;
+    let _ = (&mut cleanup.0).await;
+    if let Some(mut posting) = posting {
+        let _ = (&mut posting.0).await;
     }
     health.set_ready(false);
     // The last sender goes with `shared`; the publisher then drains the queue and stops.

@@ -545,6 +545,9 @@ impl Kubelets {
             .map(|n| n.max(now + RETRY_AFTER)),
         };
         schedule(&mut state, &due.cluster, &due.node, next);
+        drop(state);
+        // The driving task may be asleep with nothing queued, or until a later time.
+        self.wake.notify_one();
     }
 }
 

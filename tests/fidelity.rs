@@ -98,6 +98,20 @@ fn with(fidelity: Fidelity, ns: &str) -> metal3_fakenode::controller::Config {
     config
 }
 
+/// Waits for `fakenode_nodes_deleted_total` and `fakenode_kubelets` to reach these values
+/// (a deletion is counted a moment after the API server has done it).
+async fn counts(ctl: &common::RunningController, deleted: u64, kubelets: i64) {
+    eventually(
+        &format!("{deleted} Nodes deleted, {kubelets} kept"),
+        LIMIT,
+        || async {
+            (ctl.metrics.nodes_deleted.get() == deleted && ctl.metrics.kubelets.get() == kubelets)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 fn ready_condition(node: &Node) -> k8s_openapi::api::core::v1::NodeCondition {
     node.status
         .as_ref()
@@ -303,7 +317,11 @@ async fn nodes_live_until_their_machine_is_deleted() {
         (c.status == "True" && c.last_heartbeat_time.unwrap().0 > beat).then_some(())
     })
     .await;
-    assert!(ctl.metrics.heartbeats.with_label_values(&["posted"]).get() >= 2);
+    eventually("the heartbeats counted", LIMIT, || async {
+        let posted = ctl.metrics.heartbeats.with_label_values(&["posted"]).get();
+        (posted >= 2).then_some(())
+    })
+    .await;
 
     // The machines go: their Nodes, Leases and static pods with them, and nothing comes
     // back (no heartbeat re-creates a Lease).
@@ -323,8 +341,7 @@ async fn nodes_live_until_their_machine_is_deleted() {
         assert!(leases.get_opt(&m.spec.name).await.unwrap().is_none());
         assert!(api.get_opt(&m.spec.name).await.unwrap().is_none());
     }
-    assert_eq!(ctl.metrics.nodes_deleted.get(), 2);
-    assert_eq!(ctl.metrics.kubelets.get(), 0);
+    counts(&ctl, 2, 0).await;
     ctl.stop().await;
 }
 
@@ -465,7 +482,7 @@ async fn cleanup_deletes_only_what_carries_our_label() {
     );
     assert!(api.get_opt(&stays.spec.name).await.unwrap().is_some());
     assert!(leases.get_opt(&stays.spec.name).await.unwrap().is_some());
-    assert_eq!(ctl.metrics.kubelets.get(), 1);
+    counts(&ctl, 2, 1).await;
     ctl.stop().await;
 }
 
@@ -487,16 +504,19 @@ async fn a_cluster_whose_kubeconfig_is_gone_is_forgotten() {
     .await;
     ready_node(server, &worker.spec.name).await;
     let leases = leases(server).await;
-    let first = eventually("a Lease", LIMIT, || async {
+    let mut seen = eventually("a Lease", LIMIT, || async {
         lease_version(&leases, &worker.spec.name).await
     })
     .await;
-    eventually("a renewal", LIMIT, || async {
-        lease_version(&leases, &worker.spec.name)
-            .await
-            .filter(|v| v.0 != first.0)
-    })
-    .await;
+    // A single Node's heartbeats go on, one after the other.
+    for _ in 0..3 {
+        seen = eventually("a renewal", LIMIT, || async {
+            lease_version(&leases, &worker.spec.name)
+                .await
+                .filter(|v| v.0 != seen.0)
+        })
+        .await;
+    }
     assert_eq!(ctl.metrics.workload_clients.get(), 1);
 
     world::delete_kubeconfig_secret(&mgmt, &ns, &ns)
@@ -507,7 +527,9 @@ async fn a_cluster_whose_kubeconfig_is_gone_is_forgotten() {
     })
     .await;
     // No more heartbeats: the Lease stays as it was over several intervals. The Node
-    // itself stays (its Machine still exists; it is just no longer reachable).
+    // itself stays (its Machine still exists; it is just no longer reachable). (A post in
+    // flight when the cluster was forgotten may still land: wait it out.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let last = lease_version(&leases, &worker.spec.name).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
@@ -613,8 +635,7 @@ async fn a_rolling_upgrade_leaves_exactly_the_new_nodes() {
         assert!(leases.get_opt(&m.spec.name).await.unwrap().is_some());
     }
     assert_ne!(old_version, new_version);
-    assert_eq!(ctl.metrics.nodes_deleted.get(), old.len() as u64);
-    assert_eq!(ctl.metrics.kubelets.get(), new.len() as i64);
+    counts(&ctl, old.len() as u64, new.len() as i64).await;
     ctl.stop().await;
 }
 
@@ -698,8 +719,18 @@ async fn injected_faults_hit_exactly_the_chosen_machines() {
     })
     .await;
     // A while later: the never-ready machines still have no Node, the NotReady Nodes stay
-    // NotReady (no reconcile repairs them, no heartbeat revives them), the others stay
-    // Ready.
+    // NotReady (no heartbeat revives them, and no reconcile repairs them: a change to
+    // their Machines makes sure one runs), the others stay Ready.
+    for m in not_ready.iter().chain(&never) {
+        world::patch_machine(
+            &mgmt,
+            &ns,
+            &m.spec.name,
+            json!({"metadata": {"labels": {"touched": "yes"}}}),
+        )
+        .await
+        .unwrap();
+    }
     let leases = leases(server).await;
     let stopped: Vec<_> = futures::future::join_all(
         not_ready
@@ -729,6 +760,12 @@ async fn injected_faults_hit_exactly_the_chosen_machines() {
         assert!(is_ready(&node), "{}", m.spec.name);
     }
     assert_eq!(ctl.metrics.nodes_created.get(), 7);
+    let counted = |f| ctl.metrics.faults_injected.with_label_values(&[f]).get();
+    assert_eq!(
+        (counted("never_ready"), counted("not_ready")),
+        (3, 3),
+        "each fault counted once, however often its machine is reconciled"
+    );
     ctl.stop().await;
 }
 
@@ -770,8 +807,12 @@ async fn a_node_appears_only_after_its_startup_delay() {
         created.duration_since(end).as_secs_f64() >= delay.as_secs_f64() - 1.0,
         "created at {created}, provisioned at {end}"
     );
-    // The creation latency starts where it always does: the delay is part of it.
-    assert_eq!(ctl.metrics.node_creation_latency.get_sample_count(), 1);
+    // The creation latency starts where it always does: the delay is part of it. (The
+    // Node turns Ready a moment before its reconcile counts it.)
+    eventually("the creation counted", LIMIT, || async {
+        (ctl.metrics.node_creation_latency.get_sample_count() == 1).then_some(())
+    })
+    .await;
     assert!(ctl.metrics.node_creation_latency.get_sample_sum() >= delay.as_secs_f64());
     ctl.stop().await;
 }
@@ -842,7 +883,7 @@ async fn a_restarted_controller_takes_over_the_nodes_of_the_first() {
         .unwrap();
     gone(&api, &machines[1].spec.name).await;
     assert!(api.get_opt(&machines[0].spec.name).await.unwrap().is_some());
-    assert_eq!(second.metrics.nodes_deleted.get(), 2);
+    counts(&second, 2, 1).await;
     assert_eq!(
         second.metrics.nodes_created.get(),
         0,
@@ -1243,6 +1284,9 @@ async fn heartbeat_cost() {
         (rate - expected).abs() < expected * 0.1,
         "{rate} vs {expected}"
     );
-    assert_eq!((failed, skipped), (0, 0));
+    assert_eq!(failed, 0);
+    // Skips are the backpressure of a slow API server: a few, at most.
+    let posted = ctl.metrics.heartbeats.with_label_values(&["posted"]).get();
+    assert!(skipped * 100 <= posted, "{skipped} skipped of {posted}");
     ctl.stop().await;
 }
