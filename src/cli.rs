@@ -70,6 +70,12 @@ pub struct DemoArgs {
     /// Give up after this long.
     #[arg(long, default_value = "20m", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// Run the controller with its fidelity defaults (static pods, heartbeats, clean
+    /// deletes). Off by default: the benchmark then measures the Node and kubeadm-config
+    /// work, the same requests the ceiling sends.
+    #[arg(long)]
+    pub full_fidelity: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -175,7 +175,13 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         );
     }
 
-    let mut controller = start_controller(&mgmt_kubeconfig, dir.path(), args.concurrency).await?;
+    let mut controller = start_controller(
+        &mgmt_kubeconfig,
+        dir.path(),
+        args.concurrency,
+        args.full_fidelity,
+    )
+    .await?;
     let metrics_address = controller.1.clone();
 
     // Provision the hosts: the clock starts.
@@ -434,9 +440,10 @@ async fn start_controller(
     kubeconfig: &Path,
     dir: &Path,
     concurrency: u16,
+    full_fidelity: bool,
 ) -> anyhow::Result<(Supervised, String)> {
     let address = format!("127.0.0.1:{}", envtest::free_port()?);
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "run",
         "--metrics-bind-address",
         &address,
@@ -448,6 +455,16 @@ async fn start_controller(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !full_fidelity {
+        // Like for like with the ceiling: Node (create, status, taints) and kubeadm-config.
+        for flag in [
+            "--static-pods=false",
+            "--node-heartbeat-interval=0",
+            "--delete-orphaned-nodes=false",
+        ] {
+            args.push(flag.to_string());
+        }
+    }
     let kubeconfig = kubeconfig.display().to_string();
     let mut process = Supervised::spawn_with_env(
         "metal3-fakenode run",
