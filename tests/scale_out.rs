@@ -47,7 +47,7 @@ async fn two_shards_create_each_node_exactly_once_by_the_right_shard() {
     let yaml = envtest::kubeconfig_yaml(&env.workloads[0].admin_kubeconfig()).unwrap();
     let mut machines = Vec::new();
     let mut expected = [0u64; 2];
-    for c in 0..24 {
+    for c in 0..100 {
         let cluster = format!("{ns}-c{c}");
         world::cluster(&mgmt, &ns, &cluster).await.unwrap();
         world::kubeconfig_secret(&mgmt, &ns, &cluster, world::kubeconfig_data(&yaml))
