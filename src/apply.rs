@@ -70,18 +70,9 @@ async fn ensure_kubeadm_config(
         .as_deref()
         .unwrap_or("kube-system");
     let api: Api<ConfigMap> = Api::namespaced(workload.client.clone(), namespace);
-    match request(
-        workload,
-        metrics,
-        "create",
-        api.create(&post_params(), config),
-    )
-    .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(false),
-        Err(e) => Err(classify(&workload.cluster, e)),
-    }
+    Ok(create_unless_exists(workload, metrics, &api, config)
+        .await?
+        .is_some())
 }
 
 /// What [`ensure_node`] found or did.
@@ -108,18 +99,7 @@ async fn ensure_node(
         status: None,
         ..node.clone()
     };
-    let created = match request(
-        workload,
-        metrics,
-        "create",
-        api.create(&post_params(), &body),
-    )
-    .await
-    {
-        Ok(created) => Some(created),
-        Err(kube::Error::Api(s)) if s.is_already_exists() => None,
-        Err(e) => return Err(classify(&workload.cluster, e)),
-    };
+    let created = create_unless_exists(workload, metrics, &api, &body).await?;
     let (existing, created_at) = match created {
         Some(n) => {
             let at = n.metadata.creation_timestamp.clone();
@@ -178,18 +158,9 @@ pub async fn ensure_static_pods(
             status: None,
             ..pod.clone()
         };
-        let fresh = match request(
-            workload,
-            metrics,
-            "create",
-            api.create(&post_params(), &body),
-        )
-        .await
-        {
-            Ok(_) => true,
-            Err(kube::Error::Api(s)) if s.is_already_exists() => false,
-            Err(e) => return Err(classify(&workload.cluster, e)),
-        };
+        let fresh = create_unless_exists(workload, metrics, &api, &body)
+            .await?
+            .is_some();
         if !fresh {
             let existing = request(workload, metrics, "get", api.get(&name))
                 .await
@@ -224,18 +195,9 @@ pub async fn ensure_lease(
     metrics: &Metrics,
 ) -> Result<Option<String>, Error> {
     let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
-    match request(
-        workload,
-        metrics,
-        "create",
-        api.create(&post_params(), lease),
-    )
-    .await
-    {
-        Ok(created) => Ok(created.metadata.uid),
-        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
-        Err(e) => Err(classify(&workload.cluster, e)),
-    }
+    Ok(create_unless_exists(workload, metrics, &api, lease)
+        .await?
+        .and_then(|created| created.metadata.uid))
 }
 
 /// Whose a Node's Lease is, as far as its kubelet knows.
@@ -565,6 +527,30 @@ fn field_manager() -> PatchParams {
 }
 
 /// One workload request: rate-limited, timed and counted.
+/// Creates `object`; `None` if one of that name exists already (whoever made it).
+async fn create_unless_exists<K>(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+    api: &Api<K>,
+    object: &K,
+) -> Result<Option<K>, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match request(
+        workload,
+        metrics,
+        "create",
+        api.create(&post_params(), object),
+    )
+    .await
+    {
+        Ok(created) => Ok(Some(created)),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
+        Err(e) => Err(classify(&workload.cluster, e)),
+    }
+}
+
 async fn request<T>(
     workload: &WorkloadClient,
     metrics: &Metrics,

@@ -2,37 +2,18 @@
 
 mod common;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
+use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::wait::Condition;
 use kube::runtime::wait::conditions::is_crd_established;
 use metal3_fakenode::envtest::{self, crds};
+use metal3_fakenode::simulate::world::{self, dynamic};
 use serde_json::json;
-
-fn dynamic(
-    client: &kube::Client,
-    ns: &str,
-    group: &str,
-    version: &str,
-    kind: &str,
-) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-    Api::namespaced_with(client.clone(), ns, &resource)
-}
 
 fn object(value: serde_json::Value) -> DynamicObject {
     serde_json::from_value(value).expect("test object is valid JSON for a DynamicObject")
-}
-
-async fn namespace(client: &kube::Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
 }
 
 #[tokio::test]
@@ -81,7 +62,9 @@ async fn objects_shaped_like_capi_capm3_and_bmo_write_them_are_accepted() {
     let env = common::env().await;
     let client = env.management.client().await.unwrap();
     let ns = common::unique("schemas");
-    namespace(&client, &ns).await;
+    world::namespace(&client, &ns)
+        .await
+        .expect("create namespace");
 
     let bmh = dynamic(&client, &ns, "metal3.io", "v1alpha1", "BareMetalHost");
     let created = bmh

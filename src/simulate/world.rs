@@ -16,7 +16,9 @@ use crate::resources::{BMH_ANNOTATION, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL};
 
 const MANAGER: &str = "metal3-fakenode-simulate";
 
-fn dynamic(
+/// The namespaced API of an upstream kind, untyped: the objects are written as their
+/// providers write them, every field included.
+pub fn dynamic(
     client: &Client,
     ns: &str,
     group: &str,
