@@ -15,6 +15,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${METAL3_FAKENODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metal3-fakenode}
 log() { printf 'envtest-assets: %s\n' "$*" >&2; }
+# shellcheck source=hack/lib.sh
+source "$here/lib.sh"
 
 if ! command -v go >/dev/null 2>&1; then
   log "Go is not installed: it is needed to build kube-apiserver and etcd (Go >= 1.26)."
@@ -59,17 +61,10 @@ reuse_k8s() {
 }
 
 build_k8s() {
-  local major minor
-  major=${k8s_version#v}; major=${major%%.*}
-  minor=${k8s_version#v*.}; minor=${minor%%.*}
-  local pkg flags="" date
-  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    flags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
-  done
+  local flags
+  flags=$(k8s_version_ldflags "$k8s_version")
   log "building kube-apiserver $k8s_version (the first build takes several minutes)..."
-  (cd "$here/envtest" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$flags" \
+  (cd "$here/envtest" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $flags" \
     -o "$work/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
   log "building etcd $etcd_version..."
   (cd "$here/envtest" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \

@@ -27,6 +27,26 @@ pub enum Command {
     /// A local scale run: real control planes, N simulated workload clusters, the
     /// controller as its own process, and a report.
     Demo(DemoArgs),
+    /// End to end with the real CAPI, KCP, CABPK, CAPM3 and baremetal-operator as local
+    /// processes: N workload clusters created, scaled and deleted, and a report.
+    E2e(E2eArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct E2eArgs {
+    /// Workload clusters, each with its own API server, one control-plane Machine and a
+    /// MachineDeployment.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clusters: u32,
+    /// Workers each MachineDeployment scales up to (from 0) before scaling down to 1.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub scale_up_to: u32,
+    /// Longest wait for one step (clusters up, a scale, the deletion), all clusters at once.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub step_timeout: std::time::Duration,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

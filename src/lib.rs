@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod controller;
 pub mod demo;
+pub mod e2e;
 pub mod envtest;
 pub mod error;
 pub mod fake;

@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args).await,
         Command::Demo(args) => metal3_fakenode::demo::run(args).await,
+        Command::E2e(args) => metal3_fakenode::e2e::main(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

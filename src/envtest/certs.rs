@@ -18,6 +18,7 @@ pub struct CertAndKey {
 
 pub struct ClusterCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: String,
 }
 
 impl ClusterCa {
@@ -30,12 +31,20 @@ impl ClusterCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-        Ok(Self { issuer })
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        let issuer = CertifiedIssuer::self_signed(params, key)?;
+        Ok(Self { issuer, key_pem })
     }
 
     pub fn cert_pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// The CA's private key: Cluster API keeps it in the `<cluster>-ca` Secret to sign the
+    /// kubeconfig it generates.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// A serving certificate for loopback (IP and DNS SANs).

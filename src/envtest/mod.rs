@@ -229,9 +229,20 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts an API server named `name` (also its etcd prefix) and waits for `/readyz`.
     pub async fn start(assets: &Assets, etcd: &Etcd, name: &str) -> Result<Self, EnvtestError> {
+        let ca = ClusterCa::new(&format!("{name}-ca"))?;
+        Self::start_with_ca(assets, etcd, name, ca).await
+    }
+
+    /// Starts an API server whose PKI hangs off `ca`, as a workload cluster's API server
+    /// does off the `<cluster>-ca` Secret from which Cluster API signs its kubeconfig.
+    pub async fn start_with_ca(
+        assets: &Assets,
+        etcd: &Etcd,
+        name: &str,
+        ca: ClusterCa,
+    ) -> Result<Self, EnvtestError> {
         let dir = scratch_dir(name)?;
         let d = dir.path();
-        let ca = ClusterCa::new(&format!("{name}-ca"))?;
         let serving = ca.serving_cert()?;
         let admin = ca.client_cert("admin", Some("system:masters"))?;
         write_file(&d.join("ca.crt"), &ca.cert_pem())?;

@@ -1,0 +1,84 @@
+//! What an e2e run reports: per cluster, how long from creating its objects to every
+//! Machine Running, and what its workload API server costs.
+
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    pub name: String,
+    /// From creating the cluster's objects to: control plane initialized, its Machine
+    /// Running with a nodeRef and its providerID set by CAPM3.
+    pub seconds_to_running: Option<f64>,
+    pub apiserver_pid: u32,
+    /// Peak resident memory of the cluster's own kube-apiserver.
+    pub apiserver_rss_bytes: Option<u64>,
+}
+
+impl ClusterReport {
+    pub fn new(name: &str, apiserver_pid: u32) -> Self {
+        Self {
+            name: name.to_string(),
+            seconds_to_running: None,
+            apiserver_pid,
+            apiserver_rss_bytes: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub clusters: Vec<ClusterReport>,
+    /// metal3-fakenode's cached workload clients just before the Clusters were deleted
+    /// (it must drop them all afterwards).
+    pub workload_clients_before_delete: Option<f64>,
+    pub controllers: Vec<String>,
+    pub total_seconds: f64,
+}
+
+/// The report for a terminal: one line per cluster, then the spread.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let mut seconds: Vec<f64> = report
+        .clusters
+        .iter()
+        .filter_map(|c| c.seconds_to_running)
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let mut rss: Vec<u64> = report
+        .clusters
+        .iter()
+        .filter_map(|c| c.apiserver_rss_bytes)
+        .collect();
+    rss.sort_unstable();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    out.push_str(&format!(
+        "{} cluster(s) with {} in {:.1}s\n",
+        report.clusters.len(),
+        report.controllers.join(", "),
+        report.total_seconds
+    ));
+    for c in &report.clusters {
+        out.push_str(&format!(
+            "  {}: Machines Running {} s after creation; its kube-apiserver {} MiB\n",
+            c.name,
+            c.seconds_to_running
+                .map_or("-".to_string(), |s| format!("{s:.1}")),
+            c.apiserver_rss_bytes
+                .map_or("-".to_string(), |b| format!("{:.0}", mib(b)))
+        ));
+    }
+    if let (Some(first), Some(last)) = (seconds.first(), seconds.last()) {
+        out.push_str(&format!(
+            "creation to Running: min {first:.1}s, median {:.1}s, max {last:.1}s\n",
+            seconds[seconds.len() / 2]
+        ));
+    }
+    if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
+        out.push_str(&format!(
+            "workload kube-apiserver peak RSS: min {:.0} MiB, max {:.0} MiB\n",
+            mib(*first),
+            mib(*last)
+        ));
+    }
+    out
+}
