@@ -96,6 +96,12 @@ pub struct DemoArgs {
     /// work, the same requests the ceiling sends.
     #[arg(long)]
     pub full_fidelity: bool,
+
+    /// Controller processes, each `run --shard-count N --shard-index I` with a metrics
+    /// port of its own, as N sharded replicas would run; the report then gives each
+    /// shard's throughput. 1: one unsharded controller.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

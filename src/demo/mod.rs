@@ -2,8 +2,9 @@
 //!
 //! Real control planes (etcd, a management and K workload kube-apiservers), N workload
 //! clusters written as CAPI/CAPM3/BMO leave them (each with its own kubeconfig and client
-//! certificate), the controller as its own process (so its CPU and memory are its own) and
-//! the CAPM3 stand-in closing the loop. Hosts are created `provisioning` and then turned
+//! certificate), the controller as its own process (so its CPU and memory are its own; with
+//! `--shards S`, S processes, one per shard, as S replicas would run) and the CAPM3
+//! stand-in closing the loop. Hosts are created `provisioning` and then turned
 //! `provisioned` by the harness, all at once or at `--arrival-rate`, as the
 //! baremetal-operator in test mode does: the controller and the harness then measure from
 //! the same moment, and the controller sees the need arise (not a restart).
@@ -35,9 +36,10 @@ use crate::fake::node::{self, Hardware, NodeFacts, host_uid, is_ready};
 use crate::metrics::Metrics;
 use crate::plan::{ClusterKey, Desired, KubeconfigSource};
 use crate::resources::Metal3Machine;
+use crate::shard::Shard;
 use crate::simulate::{capm3, world};
 use crate::workload::{Settings, WorkloadClients};
-use report::{Latency, Report};
+use report::{Latency, Report, ShardReport};
 
 /// Parallel requests of the harness while it writes the world.
 const WRITERS: usize = 16;
@@ -72,6 +74,17 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     if args.clusters == 0 {
         bail!("--clusters must be at least 1");
     }
+    let shard_count = args.shards;
+    // Each process of a sharded run is `run --shard-count N --shard-index I`; one process
+    // (the default) runs unsharded, exactly as before sharding existed.
+    let shards: Vec<Option<Shard>> = if shard_count > 1 {
+        (0..shard_count)
+            .map(|i| Shard::new(i, shard_count).map(Some))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?
+    } else {
+        vec![None]
+    };
     let servers = args.workload_apiservers.max(1);
     let begun = Instant::now();
     say(format!(
@@ -175,14 +188,17 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         );
     }
 
-    let mut controller = start_controller(
-        &mgmt_kubeconfig,
-        dir.path(),
-        args.concurrency,
-        args.full_fidelity,
-    )
+    // Side by side, as replicas would start; every one is ready before the clock starts.
+    let mut controllers: Vec<Controller> = futures::future::try_join_all(shards.iter().map(|s| {
+        start_controller(
+            &mgmt_kubeconfig,
+            dir.path(),
+            args.concurrency,
+            args.full_fidelity,
+            *s,
+        )
+    }))
     .await?;
-    let metrics_address = controller.1.clone();
 
     // Provision the hosts: the clock starts.
     let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
@@ -244,12 +260,11 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         if count == expected.len() {
             break;
         }
-        if let Some(exit) = controller.0.exited() {
-            bar.abandon();
-            bail!(
-                "the controller stopped: {exit}\n{}",
-                controller.0.log_tail(20)
-            );
+        for c in &mut controllers {
+            if let Some(exit) = c.process.exited() {
+                bar.abandon();
+                bail!("the controller stopped: {exit}\n{}", c.process.log_tail(20));
+            }
         }
         if t0.elapsed() > args.timeout {
             bar.abandon();
@@ -320,12 +335,53 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     let loop_closed = wait_for_provider_ids(&mgmt, expected.len()).await;
     // Idle cost: CPU over a few quiet seconds.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = controller.0.pid();
-    let cpu_before = process_stats::cpu_seconds(pid).unwrap_or(0.0);
+    let cpu = |c: &Controller| process_stats::cpu_seconds(c.process.pid()).unwrap_or(0.0);
+    let cpu_before: f64 = controllers.iter().map(cpu).sum();
     let idle_window = Duration::from_secs(5);
     tokio::time::sleep(idle_window).await;
-    let cpu_after = process_stats::cpu_seconds(pid).unwrap_or(0.0);
-    let (_, metrics_text) = probe::get(&metrics_address, "/metrics").await?;
+    let mut shard_reports = Vec::new();
+    let mut metrics_texts = Vec::new();
+    let mut buckets = Vec::new();
+    for c in &controllers {
+        let (_, text) = probe::get(&c.metrics_address, "/metrics").await?;
+        // A sharded process labels every sample with its shard: reading exactly that label
+        // also checks the process is the shard it was started as.
+        let index = c.shard.map(|s| s.index.to_string());
+        let labels: Vec<(&str, &str)> = index.iter().map(|i| ("shard", i.as_str())).collect();
+        let metric = |name| report::metric_value_with(&text, name, &labels).unwrap_or(0.0);
+        // What it should have done, by the same hash the controller uses.
+        let shard = c.shard.unwrap_or_default();
+        let mine: Vec<&Planned> = machines
+            .iter()
+            .filter(|m| shard.owns(&m.namespace, Some(&m.spec.cluster)))
+            .collect();
+        let nodes_created = metric("fakenode_nodes_created_total");
+        shard_reports.push(ShardReport {
+            index: shard.index,
+            clusters: mine
+                .iter()
+                .map(|m| (&m.namespace, &m.spec.cluster))
+                .collect::<HashSet<_>>()
+                .len(),
+            nodes_expected: mine.len(),
+            nodes_created,
+            nodes_per_second: if elapsed > 0.0 {
+                nodes_created / elapsed
+            } else {
+                0.0
+            },
+            peak_rss_bytes: process_stats::peak_rss_bytes(c.process.pid()).unwrap_or(0),
+            cpu_seconds: cpu(c),
+            workload_clients: metric("fakenode_workload_clients"),
+        });
+        buckets.push(report::histogram_buckets_with(
+            &text,
+            "fakenode_node_creation_latency_seconds",
+            &labels,
+        ));
+        metrics_texts.push(text);
+    }
+    let cpu_after: f64 = shard_reports.iter().map(|s| s.cpu_seconds).sum();
 
     let mut report = Report {
         clusters: args.clusters,
@@ -345,21 +401,15 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
             0.0
         },
         latency_seconds: Latency::from_samples(&latencies),
-        controller_histogram: report::summarize_histogram(
-            &metrics_text,
-            "fakenode_node_creation_latency_seconds",
-        ),
-        controller_nodes_created_total: report::metric_value(
-            &metrics_text,
-            "fakenode_nodes_created_total",
-        )
-        .unwrap_or(0.0),
-        controller_peak_rss_bytes: process_stats::peak_rss_bytes(pid).unwrap_or(0),
+        controller_histogram: report::summarize_buckets(&report::merge_buckets(&buckets)),
+        controller_nodes_created_total: shard_reports.iter().map(|s| s.nodes_created).sum(),
+        controller_peak_rss_bytes: shard_reports.iter().map(|s| s.peak_rss_bytes).sum(),
         controller_cpu_seconds: cpu_after,
         controller_idle_cpu_percent: (cpu_after - cpu_before) / idle_window.as_secs_f64() * 100.0,
-        workload_clients: report::metric_value(&metrics_text, "fakenode_workload_clients")
-            .unwrap_or(0.0),
+        workload_clients: shard_reports.iter().map(|s| s.workload_clients).sum(),
         loop_closed,
+        shard_count: shard_reports.len() as u32,
+        shards: shard_reports,
         ..Report::default()
     };
 
@@ -374,14 +424,20 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
-        // The controller's own view, for digging into a figure.
-        let raw = path.with_extension("metrics.txt");
-        std::fs::write(&raw, &metrics_text)
-            .with_context(|| format!("writing {}", raw.display()))?;
+        // The controller's own view, for digging into a figure: one file per shard.
+        let mut raws = Vec::new();
+        for (c, text) in controllers.iter().zip(&metrics_texts) {
+            let raw = match c.shard {
+                Some(s) => path.with_extension(format!("shard-{}.metrics.txt", s.index)),
+                None => path.with_extension("metrics.txt"),
+            };
+            std::fs::write(&raw, text).with_context(|| format!("writing {}", raw.display()))?;
+            raws.push(raw.display().to_string());
+        }
         say(format!(
             "report written to {} (the controller's final /metrics to {})",
             path.display(),
-            raw.display()
+            raws.join(", ")
         ));
     }
     if let Some(path) = &args.plot {
@@ -406,13 +462,32 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         std::future::pending::<()>().await;
     }
     let _ = stop_capm3.send(());
-    stop_gracefully(&mut controller.0).await;
+    futures::future::join_all(
+        controllers
+            .iter_mut()
+            .map(|c| stop_gracefully(&mut c.process)),
+    )
+    .await;
     if report.duplicates > 0 || report.missing > 0 {
         bail!(
             "{} duplicate(s), {} missing Node(s)",
             report.duplicates,
             report.missing
         );
+    }
+    // Each Node by the shard its cluster hashes to, and by no other: a shard that took
+    // another's cluster, or created a Node twice, shows here even when the harness saw
+    // every Node once.
+    for s in &report.shards {
+        if s.nodes_created != s.nodes_expected as f64 {
+            bail!(
+                "shard {} created {} Node(s), its {} cluster(s) have {} machine(s)",
+                s.index,
+                s.nodes_created,
+                s.clusters,
+                s.nodes_expected
+            );
+        }
     }
     Ok(())
 }
@@ -434,14 +509,23 @@ fn progress_bar(len: usize) -> ProgressBar {
     bar
 }
 
-/// The controller as its own process, JSON logs in `dir`; returns it and its metrics
-/// address once `/readyz` answers.
+/// One controller process and where it serves `/metrics`.
+struct Controller {
+    process: Supervised,
+    metrics_address: String,
+    /// `None`: the only controller, unsharded.
+    shard: Option<Shard>,
+}
+
+/// The controller as its own process (with `shard`, that shard only), JSON logs in `dir`;
+/// returns it once `/readyz` answers.
 async fn start_controller(
     kubeconfig: &Path,
     dir: &Path,
     concurrency: u16,
     full_fidelity: bool,
-) -> anyhow::Result<(Supervised, String)> {
+    shard: Option<Shard>,
+) -> anyhow::Result<Controller> {
     let address = format!("127.0.0.1:{}", envtest::free_port()?);
     let mut args: Vec<String> = [
         "run",
@@ -465,24 +549,44 @@ async fn start_controller(
             args.push(flag.to_string());
         }
     }
+    // Which process a message or a log file is about, once there are several.
+    let (suffix, log) = match shard {
+        Some(s) => {
+            args.extend([
+                "--shard-count".to_string(),
+                s.count.to_string(),
+                "--shard-index".to_string(),
+                s.index.to_string(),
+            ]);
+            (
+                format!(" (shard {} of {})", s.index, s.count),
+                format!("controller-shard-{}.log", s.index),
+            )
+        }
+        None => (String::new(), "controller.log".to_string()),
+    };
     let kubeconfig = kubeconfig.display().to_string();
     let mut process = Supervised::spawn_with_env(
-        "metal3-fakenode run",
+        &format!("metal3-fakenode run{suffix}"),
         &std::env::current_exe()?,
         &args,
         &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
-        dir.join("controller.log"),
+        dir.join(log),
     )?;
     let started = Instant::now();
     loop {
         if matches!(probe::get(&address, "/readyz").await, Ok((200, _))) {
             say(format!(
-                "controller ready in {:.1}s (pid {}, log {})",
+                "controller{suffix} ready in {:.1}s (pid {}, log {})",
                 started.elapsed().as_secs_f64(),
                 process.pid(),
                 process.log_path().display()
             ));
-            return Ok((process, address));
+            return Ok(Controller {
+                process,
+                metrics_address: address,
+                shard,
+            });
         }
         if let Some(exit) = process.exited() {
             bail!(
@@ -492,7 +596,7 @@ async fn start_controller(
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
-                "the controller was not ready after 60s\n{}",
+                "the controller{suffix} was not ready after 60s\n{}",
                 process.log_tail(20)
             );
         }

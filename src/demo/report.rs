@@ -35,6 +35,26 @@ pub struct HistogramSummary {
     pub p99: f64,
 }
 
+/// One controller process of the run. With `--shards N` there are N, each handling the
+/// clusters that hash to its index; the figures are its own, so that an uneven split or a
+/// slow shard shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ShardReport {
+    pub index: u32,
+    /// Clusters that hash to this shard, and their machines: what it alone must create.
+    pub clusters: usize,
+    pub nodes_expected: usize,
+    /// `fakenode_nodes_created_total{shard="<index>"}` (unlabelled with one shard) from
+    /// this process's `/metrics`.
+    pub nodes_created: f64,
+    /// `nodes_created` over the whole run's elapsed time, so the shards' rates add up to
+    /// the total.
+    pub nodes_per_second: f64,
+    pub peak_rss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub workload_clients: f64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     pub clusters: usize,
@@ -57,18 +77,27 @@ pub struct Report {
     pub nodes_per_second: f64,
     /// Host provisioned (harness clock) -> Node Ready seen by the harness's watch.
     pub latency_seconds: Latency,
-    /// `fakenode_node_creation_latency_seconds` from the controller's `/metrics`.
+    /// `fakenode_node_creation_latency_seconds` from the controller's `/metrics` (every
+    /// shard's buckets added up).
     pub controller_histogram: HistogramSummary,
+    /// `fakenode_nodes_created_total`, summed over the shards.
     pub controller_nodes_created_total: f64,
     pub ceiling_nodes_per_second: Option<f64>,
     pub ratio_to_ceiling: Option<f64>,
+    /// Summed over the shards' processes (each one's own is in `shards`).
     pub controller_peak_rss_bytes: u64,
+    /// Summed over the shards' processes.
     pub controller_cpu_seconds: f64,
-    /// The controller's CPU use over a few seconds once everything was done.
+    /// The controller's CPU use over a few seconds once everything was done (all shards).
     pub controller_idle_cpu_percent: f64,
+    /// Summed over the shards: each caches clients for its own clusters only.
     pub workload_clients: f64,
     /// Metal3Machines that got their providerID (the loop closed by the CAPM3 stand-in).
     pub loop_closed: usize,
+    /// Controller processes (`--shards`); 1 runs the controller unsharded.
+    pub shard_count: u32,
+    /// One entry per controller process, by index.
+    pub shards: Vec<ShardReport>,
 }
 
 /// Nearest-rank quantile of sorted samples.
@@ -82,27 +111,109 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// The value of an unlabelled sample `name` in Prometheus text exposition.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (key, value) = l.split_once(' ')?;
-        (key == name).then(|| value.trim().parse().ok())?
-    })
+    metric_value_with(text, name, &[])
+}
+
+/// The value of the sample `name` whose labels are exactly `labels` (in any order), e.g.
+/// `[("shard", "1")]` for a sharded controller, whose every sample carries its shard.
+pub fn metric_value_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text, name)
+        .into_iter()
+        .find(|(l, _)| same_labels(l, labels))
+        .map(|(_, v)| v)
 }
 
 /// `(le, cumulative count)` of histogram `name`, in exposition order (ascending `le`).
 pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, rest) = rest.split_once("\"}")?;
+    histogram_buckets_with(text, name, &[])
+}
+
+/// The buckets of the series of histogram `name` whose labels besides `le` are exactly
+/// `labels`.
+pub fn histogram_buckets_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    samples(text, &format!("{name}_bucket"))
+        .into_iter()
+        .filter_map(|(mut l, count)| {
+            let at = l.iter().position(|(k, _)| k == "le")?;
+            let (_, le) = l.remove(at);
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
                 le.parse().ok()?
             };
-            Some((le, rest.trim().parse().ok()?))
+            same_labels(&l, labels).then_some((le, count))
         })
         .collect()
+}
+
+/// Several processes' buckets of one histogram as one (what `sum by (le)` gives): counts
+/// added per bound. The processes share the bucket layout, being the same binary.
+pub fn merge_buckets(all: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+    let mut merged: Vec<(f64, f64)> = Vec::new();
+    for buckets in all {
+        for &(le, count) in buckets {
+            match merged.iter_mut().find(|(bound, _)| *bound == le) {
+                Some((_, total)) => *total += count,
+                None => merged.push((le, count)),
+            }
+        }
+    }
+    merged.sort_by(|a, b| a.0.total_cmp(&b.0));
+    merged
+}
+
+/// Every sample of the metric `name`: its labels and value. Label values are unescaped
+/// (`\\`, `\"`, `\n`), so a value holding `,` or `}` does not cut the set short.
+pub fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, rest) = match rest.strip_prefix('{') {
+                Some(inner) => parse_labels(inner)?,
+                None => (Vec::new(), rest),
+            };
+            // `name value [timestamp]`: the value is the first field after the name.
+            if !rest.starts_with([' ', '\t']) {
+                return None;
+            }
+            let value = rest.split_whitespace().next()?.parse().ok()?;
+            Some((labels, value))
+        })
+        .collect()
+}
+
+/// `a="x",b="y"}` (after the opening brace): the pairs and what follows the closing brace.
+fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let mut labels = Vec::new();
+    loop {
+        s = s.trim_start_matches([',', ' ']);
+        if let Some(rest) = s.strip_prefix('}') {
+            return Some((labels, rest));
+        }
+        let (key, rest) = s.split_once('=')?;
+        let mut chars = rest.strip_prefix('"')?.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((key.trim().to_string(), value));
+        s = &rest[1 + end + 1..];
+    }
+}
+
+fn same_labels(have: &[(String, String)], want: &[(&str, &str)]) -> bool {
+    have.len() == want.len()
+        && want
+            .iter()
+            .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
 }
 
 /// What PromQL's `histogram_quantile` returns for cumulative `buckets`: linear
@@ -134,12 +245,15 @@ pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
 }
 
 pub fn summarize_histogram(text: &str, name: &str) -> HistogramSummary {
-    let buckets = histogram_buckets(text, name);
+    summarize_buckets(&histogram_buckets(text, name))
+}
+
+pub fn summarize_buckets(buckets: &[(f64, f64)]) -> HistogramSummary {
     HistogramSummary {
         count: buckets.last().map(|b| b.1).unwrap_or(0.0),
-        p50: histogram_quantile(0.5, &buckets),
-        p90: histogram_quantile(0.9, &buckets),
-        p99: histogram_quantile(0.99, &buckets),
+        p50: histogram_quantile(0.5, buckets),
+        p90: histogram_quantile(0.9, buckets),
+        p99: histogram_quantile(0.99, buckets),
     }
 }
 
@@ -180,6 +294,31 @@ pub fn render(r: &Report) -> String {
         ),
     );
     line("throughput", format!("{:.1} nodes/s", r.nodes_per_second));
+    // One controller needs no breakdown: its line would repeat the total.
+    if r.shards.len() > 1 {
+        for s in &r.shards {
+            line(
+                &format!("shard {} of {}", s.index, r.shard_count),
+                format!(
+                    "{} / {} nodes ({} clusters), {:.1} nodes/s, {:.1} MiB, {:.2} s CPU",
+                    s.nodes_created,
+                    s.nodes_expected,
+                    s.clusters,
+                    s.nodes_per_second,
+                    s.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+                    s.cpu_seconds
+                ),
+            );
+        }
+        line(
+            "shards total",
+            format!(
+                "{} nodes, {:.1} nodes/s",
+                r.shards.iter().map(|s| s.nodes_created).sum::<f64>(),
+                r.shards.iter().map(|s| s.nodes_per_second).sum::<f64>()
+            ),
+        );
+    }
     let l = &r.latency_seconds;
     line(
         "latency p50/p90/p99/max (harness)",
@@ -208,15 +347,20 @@ pub fn render(r: &Report) -> String {
             format!("{c:.1} nodes/s, ratio {ratio:.2}"),
         );
     }
+    let all = if r.shards.len() > 1 {
+        " (all shards)"
+    } else {
+        ""
+    };
     line(
-        "controller peak RSS",
+        &format!("controller peak RSS{all}"),
         format!(
             "{:.1} MiB",
             r.controller_peak_rss_bytes as f64 / (1024.0 * 1024.0)
         ),
     );
     line(
-        "controller CPU",
+        &format!("controller CPU{all}"),
         format!(
             "{:.2} s busy, {:.2} % idle",
             r.controller_cpu_seconds, r.controller_idle_cpu_percent
@@ -271,6 +415,92 @@ mod tests {
         assert_eq!(metric_value(TEXT, "absent"), None);
     }
 
+    const SHARDED: &str = "# TYPE fakenode_nodes_created_total counter\n\
+        fakenode_nodes_created_total{shard=\"1\"} 12\n\
+        fakenode_nodes_created_total_other{shard=\"1\"} 99\n\
+        fakenode_workload_requests_total{code=\"201\",shard=\"1\",verb=\"create\"} 24\n\
+        odd{shard=\"1\",path=\"a,b}\\\"c\\\\\"} 3 1700000000\n\
+        h_bucket{shard=\"1\",le=\"0.1\"} 2\nh_bucket{shard=\"1\",le=\"0.2\"} 4\n\
+        h_bucket{shard=\"1\",le=\"+Inf\"} 4\nh_count{shard=\"1\"} 4\n";
+
+    #[test]
+    fn labelled_samples_are_read_exactly() {
+        let shard = [("shard", "1")];
+        assert_eq!(
+            metric_value_with(SHARDED, "fakenode_nodes_created_total", &shard),
+            Some(12.0)
+        );
+        // Another shard's label, or none, is not this sample.
+        assert_eq!(
+            metric_value_with(SHARDED, "fakenode_nodes_created_total", &[("shard", "0")]),
+            None
+        );
+        assert_eq!(metric_value(SHARDED, "fakenode_nodes_created_total"), None);
+        assert_eq!(
+            metric_value_with(
+                SHARDED,
+                "fakenode_workload_requests_total",
+                &[("verb", "create"), ("shard", "1"), ("code", "201")]
+            ),
+            Some(24.0)
+        );
+        // Escapes, a comma and a brace inside a value, and a timestamp.
+        assert_eq!(
+            samples(SHARDED, "odd"),
+            [(
+                vec![
+                    ("shard".to_string(), "1".to_string()),
+                    ("path".to_string(), "a,b}\"c\\".to_string())
+                ],
+                3.0
+            )]
+        );
+        assert_eq!(
+            histogram_buckets_with(SHARDED, "h", &shard),
+            [(0.1, 2.0), (0.2, 4.0), (f64::INFINITY, 4.0)]
+        );
+        assert!(histogram_buckets(SHARDED, "h").is_empty());
+    }
+
+    #[test]
+    fn shards_histograms_add_up_per_bound() {
+        let a = vec![(0.1, 2.0), (0.2, 4.0), (f64::INFINITY, 4.0)];
+        let b = vec![(0.1, 0.0), (0.2, 6.0), (f64::INFINITY, 6.0)];
+        let merged = merge_buckets(&[a, b]);
+        assert_eq!(merged, [(0.1, 2.0), (0.2, 10.0), (f64::INFINITY, 10.0)]);
+        assert_eq!(summarize_buckets(&merged).count, 10.0);
+        assert!(merge_buckets(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_summary_breaks_a_sharded_run_down_by_shard() {
+        let shard = |index, nodes: f64| ShardReport {
+            index,
+            clusters: nodes as usize,
+            nodes_expected: nodes as usize,
+            nodes_created: nodes,
+            nodes_per_second: nodes / 2.0,
+            ..ShardReport::default()
+        };
+        let one = Report {
+            shard_count: 1,
+            shards: vec![shard(0, 10.0)],
+            ..Report::default()
+        };
+        assert!(!render(&one).contains("shard"), "{}", render(&one));
+        let two = Report {
+            shard_count: 2,
+            shards: vec![shard(0, 6.0), shard(1, 4.0)],
+            ..Report::default()
+        };
+        let text = render(&two);
+        assert!(
+            text.contains("shard 0 of 2") && text.contains("shard 1 of 2"),
+            "{text}"
+        );
+        assert!(text.contains("10 nodes, 5.0 nodes/s"), "{text}");
+    }
+
     #[test]
     fn the_json_has_the_documented_keys() {
         let v = serde_json::to_value(Report::default()).unwrap();
@@ -287,6 +517,8 @@ mod tests {
             "controller_peak_rss_bytes",
             "controller_cpu_seconds",
             "workload_clients",
+            "shard_count",
+            "shards",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
