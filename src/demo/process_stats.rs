@@ -2,10 +2,20 @@
 
 /// Peak resident set size (VmHWM), in bytes.
 pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Resident set size now (VmRSS), in bytes: what a long-lived process settles at, which
+/// its start-up peak overstates.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -52,6 +62,7 @@ mod tests {
     fn this_process_has_a_peak_rss_and_cpu_time() {
         let me = std::process::id();
         assert!(peak_rss_bytes(me).unwrap() > 1024 * 1024);
+        assert!(rss_bytes(me).unwrap() <= peak_rss_bytes(me).unwrap());
         assert!(cpu_seconds(me).unwrap() >= 0.0);
     }
 }

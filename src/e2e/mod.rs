@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
@@ -159,28 +160,17 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     let mut controller = start_fakenode(&management, mgmt, dir.path()).await?;
 
-    let mut workloads = Vec::new();
+    // A few API servers start at once: each takes seconds of CPU to come up.
+    let started: Vec<(ClusterSpec, ClusterPki, ApiServer)> = futures::stream::iter(
+        (0..options.clusters)
+            .map(|i| workload_cluster(&assets, &etcd, format!("e2e-{i:03}"), options.scale_up_to)),
+    )
+    .buffered(4)
+    .try_collect()
+    .await?;
     let mut specs = Vec::new();
-    for i in 0..options.clusters {
-        let name = format!("e2e-{i:03}");
-        let ca = ClusterCa::new(&format!("{name}-ca"))?;
-        let pki = cluster_pki(&ca)?;
-        let server = ApiServer::start_with_ca(&assets, &etcd, &name, ca).await?;
-        let port = server
-            .url()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("no port in {}", server.url()))?;
-        let spec = ClusterSpec {
-            namespace: name.clone(),
-            name,
-            api_port: port,
-            kubernetes_version: KUBERNETES_VERSION.into(),
-            control_plane_replicas: 1,
-            workers: 0,
-            hosts: 1 + options.scale_up_to,
-        };
+    let mut workloads = Vec::new();
+    for (spec, pki, server) in started {
         specs.push((spec, pki));
         workloads.push(server);
     }
@@ -194,25 +184,24 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .map(|((spec, _), server)| ClusterReport::new(&spec.name, server.pid()))
         .collect();
     let created = Instant::now();
+    let mut created_at = Vec::new();
     for (spec, pki) in &specs {
         for object in spec.objects(pki) {
             create(mgmt, &object).await?;
         }
+        // The Cluster is created last: from here its controllers can act.
+        created_at.push(Instant::now());
     }
 
     // Every cluster up: the control plane initialized, its Machine Running.
-    let deadline = created + options.step_timeout;
-    try_join_all(
-        specs
-            .iter()
-            .zip(reports.iter_mut())
-            .map(|((spec, _), report)| async {
-                let seconds =
-                    wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, 1)).await?;
-                report.seconds_to_running = Some(seconds_since(created, seconds));
-                anyhow::Ok(())
-            }),
-    )
+    let deadline = Instant::now() + options.step_timeout;
+    try_join_all(specs.iter().zip(reports.iter_mut()).zip(&created_at).map(
+        |(((spec, _), report), created_at)| async move {
+            let up = wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, 1)).await?;
+            report.seconds_to_running = Some(seconds_since(*created_at, up));
+            anyhow::Ok(())
+        },
+    ))
     .await?;
     say(format!(
         "all {} cluster(s) up in {:.1}s",
@@ -248,7 +237,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
 
     for (report, server) in reports.iter_mut().zip(&workloads) {
-        report.apiserver_rss_bytes = process_stats::peak_rss_bytes(server.pid());
+        report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
+        report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
     }
     let clients_before = fakenode_clients(&controller.metrics).await;
 
@@ -335,12 +325,11 @@ where
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
     loop {
-        let last;
-        match check().await {
+        let last = match check().await {
             Ok(true) => return Ok(Instant::now()),
-            Ok(false) => last = "not yet".to_string(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(false) => "not yet".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() > deadline {
             bail!("{what}: gave up waiting: {last}");
         }
@@ -471,6 +460,35 @@ fn start_controller_manager(
         &args,
         dir.join("kube-controller-manager.log"),
     )?)
+}
+
+/// One workload cluster's PKI, its own API server (under its own etcd prefix) and its
+/// objects' parameters.
+async fn workload_cluster(
+    assets: &Assets,
+    etcd: &Etcd,
+    name: String,
+    scale_up_to: u32,
+) -> anyhow::Result<(ClusterSpec, ClusterPki, ApiServer)> {
+    let ca = ClusterCa::new(&format!("{name}-ca"))?;
+    let pki = cluster_pki(&ca)?;
+    let server = ApiServer::start_with_ca(assets, etcd, &name, ca).await?;
+    let api_port = server
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("no port in {}", server.url()))?;
+    let spec = ClusterSpec {
+        namespace: name.clone(),
+        name,
+        api_port,
+        kubernetes_version: KUBERNETES_VERSION.into(),
+        control_plane_replicas: 1,
+        workers: 0,
+        hosts: 1 + scale_up_to,
+    };
+    Ok((spec, pki, server))
 }
 
 /// The cluster's Secrets as the original experiments pre-generated them.
