@@ -574,34 +574,26 @@ async fn start_controller(
         dir.join(log),
     )?;
     let started = Instant::now();
-    loop {
-        if matches!(probe::get(&address, "/readyz").await, Ok((200, _))) {
-            say(format!(
-                "controller{suffix} ready in {:.1}s (pid {}, log {})",
-                started.elapsed().as_secs_f64(),
-                process.pid(),
-                process.log_path().display()
-            ));
-            return Ok(Controller {
-                process,
-                metrics_address: address,
-                shard,
-            });
-        }
-        if let Some(exit) = process.exited() {
-            bail!(
-                "the controller did not start: {exit}\n{}",
-                process.log_tail(20)
-            );
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the controller{suffix} was not ready after 60s\n{}",
-                process.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let name = format!("the controller{suffix}");
+    probe::wait_ready(
+        &mut process,
+        &name,
+        &address,
+        "/readyz",
+        Duration::from_secs(60),
+    )
+    .await?;
+    say(format!(
+        "controller{suffix} ready in {:.1}s (pid {}, log {})",
+        started.elapsed().as_secs_f64(),
+        process.pid(),
+        process.log_path().display()
+    ));
+    Ok(Controller {
+        process,
+        metrics_address: address,
+        shard,
+    })
 }
 
 /// Waits (a little) for the CAPM3 stand-in to set every providerID; returns how many.

@@ -21,6 +21,34 @@ pub async fn get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
+/// Waits until `GET path` at `address` answers 200, while `process` (which serves it) runs;
+/// fails with its log's tail if it exits or `timeout` passes first.
+pub async fn wait_ready(
+    process: &mut crate::envtest::process::Supervised,
+    name: &str,
+    address: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        if matches!(get(address, path).await, Ok((200, _))) {
+            return Ok(());
+        }
+        if let Some(exit) = process.exited() {
+            anyhow::bail!("{name} did not start: {exit}\n{}", process.log_tail(30));
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!(
+                "{name} was not ready after {}s\n{}",
+                timeout.as_secs(),
+                process.log_tail(30)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Percent-encodes a query-string value.
 pub fn encode(value: &str) -> String {
     value

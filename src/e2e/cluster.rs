@@ -71,6 +71,15 @@ impl ClusterSpec {
         format!("{}-host-{index}", self.name)
     }
 
+    /// The Secrets the harness creates (BMC credentials and the pre-generated PKI); every
+    /// other Secret in the namespace is Cluster API's.
+    pub fn harness_secrets(&self) -> Vec<String> {
+        ["bmc", "ca", "etcd", "apiserver-etcd-client"]
+            .iter()
+            .map(|suffix| format!("{}-{suffix}", self.name))
+            .collect()
+    }
+
     pub fn machine_deployment_name(&self) -> String {
         format!("{}-workers", self.name)
     }
@@ -86,7 +95,7 @@ impl ClusterSpec {
         objects.push(json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": self.meta(&format!("{}-bmc", self.name)),
+            "metadata": self.meta(&self.harness_secrets()[0]),
             "type": "Opaque",
             "data": {"username": BASE64.encode("admin"), "password": BASE64.encode("password")},
         }));
@@ -359,6 +368,14 @@ mod tests {
         let external =
             &kcp["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["etcd"]["external"];
         assert!(external["endpoints"].is_array());
+        let secrets: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Secret").collect();
+        assert_eq!(
+            secrets
+                .iter()
+                .map(|s| s["metadata"]["name"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            spec().harness_secrets()
+        );
         for suffix in ["ca", "etcd", "apiserver-etcd-client"] {
             let secret = find(&objects, "Secret", &format!("cluster-1-{suffix}"));
             assert_eq!(

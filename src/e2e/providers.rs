@@ -3,9 +3,9 @@
 //! serves its webhooks with a certificate from the harness's CA.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::demo::probe;
 use crate::envtest::process::Supervised;
@@ -161,31 +161,19 @@ pub async fn start(
     )
     .with_context(|| format!("starting {}", provider.name))?;
     let address = format!("127.0.0.1:{}", ports.health);
-    let started = Instant::now();
-    loop {
-        if matches!(probe::get(&address, "/readyz").await, Ok((200, _))) {
-            return Ok(Running {
-                provider,
-                ports,
-                process,
-            });
-        }
-        if let Some(exit) = process.exited() {
-            bail!(
-                "{} did not start: {exit}\n{}",
-                provider.name,
-                process.log_tail(30)
-            );
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "{} was not ready after 120s\n{}",
-                provider.name,
-                process.log_tail(30)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    probe::wait_ready(
+        &mut process,
+        provider.name,
+        &address,
+        "/readyz",
+        Duration::from_secs(120),
+    )
+    .await?;
+    Ok(Running {
+        provider,
+        ports,
+        process,
+    })
 }
 
 #[cfg(test)]
