@@ -37,5 +37,9 @@ fn the_real_upstream_controllers_accept_metal3_fakenodes_nodes() {
         r["workload_clients_before_delete"], 1.0,
         "metal3-fakenode held one workload client before the Cluster was deleted"
     );
+    assert_eq!(
+        r["kubelets_before_delete"], 2.0,
+        "a fake kubelet for the control-plane Node and the remaining worker's"
+    );
     assert!(stdout.contains("e2e-000: Machines Running"), "{stdout}");
 }

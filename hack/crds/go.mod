@@ -1,7 +1,8 @@
 // Pins the upstream modules whose CustomResourceDefinitions the tests and the demo
-// install. CAPI ships its CRDs as YAML in its module; the proxy serves only the api/apis
-// submodules of CAPM3 and the baremetal-operator, so their CRDs are generated from those
-// upstream types with controller-gen, the same generator upstream uses.
+// install. CAPI ships its CRDs as YAML in its module; those of CAPM3 and the
+// baremetal-operator are generated from their api/apis submodules with controller-gen, the
+// same generator upstream uses, so the tests need not download their root modules (the
+// end-to-end run, pinned by hack/e2e, does, and installs their released YAML).
 // The versions are the set CAPM3's api module was released against.
 module github.com/metal3-io/metal3-fakenode/hack/crds
 

@@ -241,7 +241,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
         report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
     }
-    let clients_before = fakenode_clients(&controller.metrics).await;
+    let clients_before = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
+    let kubelets_before = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
 
     // Delete every Cluster: everything goes, and metal3-fakenode forgets the clusters.
     let step = Instant::now();
@@ -262,8 +263,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             .map(|(spec, _)| wait_until(deadline, &spec.name, || cluster_gone(mgmt, spec))),
     )
     .await?;
+    // It forgets each cluster: no client, no fake kubelet (heartbeats) left.
     wait_until(deadline, "metal3-fakenode", || async {
-        Ok(fakenode_clients(&controller.metrics).await == Some(0.0))
+        let clients = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
+        let kubelets = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
+        match (clients, kubelets) {
+            (Some(c), Some(k)) if c == 0.0 && k == 0.0 => Ok(true),
+            other => bail!("(workload clients, kubelets) = {other:?}"),
+        }
     })
     .await?;
     say(format!(
@@ -273,6 +280,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let report = Report {
         clusters: reports,
         workload_clients_before_delete: clients_before,
+        kubelets_before_delete: kubelets_before,
         controllers: PROVIDERS.iter().map(|p| p.name.to_string()).collect(),
         total_seconds: begun.elapsed().as_secs_f64(),
     };
@@ -572,9 +580,10 @@ async fn start_fakenode(
     Ok(Fakenode { process, metrics })
 }
 
-async fn fakenode_clients(metrics: &str) -> Option<f64> {
+/// A gauge of the metal3-fakenode process, read from its /metrics.
+async fn fakenode_gauge(metrics: &str, name: &str) -> Option<f64> {
     let (_, text) = probe::get(metrics, "/metrics").await.ok()?;
-    crate::demo::report::metric_value(&text, "fakenode_workload_clients")
+    crate::demo::report::metric_value(&text, name)
 }
 
 fn condition_true(object: &Value, kind: &str) -> bool {

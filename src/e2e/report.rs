@@ -34,6 +34,8 @@ pub struct Report {
     /// metal3-fakenode's cached workload clients just before the Clusters were deleted
     /// (it must drop them all afterwards).
     pub workload_clients_before_delete: Option<f64>,
+    /// Its fake kubelets (one per Node it keeps alive) then; none may be left afterwards.
+    pub kubelets_before_delete: Option<f64>,
     pub controllers: Vec<String>,
     pub total_seconds: f64,
 }
