@@ -9,6 +9,7 @@
 //! RBAC of deploy/. What is asserted: the upstream controllers accept its Nodes.
 
 pub mod cluster;
+pub mod phases;
 pub mod providers;
 pub mod report;
 pub mod webhooks;
@@ -196,13 +197,23 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     // Every cluster up: the control plane initialized, its Machine Running.
     let deadline = Instant::now() + options.step_timeout;
-    try_join_all(specs.iter().zip(reports.iter_mut()).zip(&created_at).map(
-        |(((spec, _), report), created_at)| async move {
-            let up = wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, 1)).await?;
-            report.seconds_to_running = Some(seconds_since(*created_at, up));
-            anyhow::Ok(())
-        },
-    ))
+    try_join_all(
+        specs
+            .iter()
+            .zip(reports.iter_mut())
+            .zip(&created_at)
+            .zip(&workloads)
+            .map(|((((spec, _), report), created_at), server)| async move {
+                let up = wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, 1)).await?;
+                report.seconds_to_running = Some(seconds_since(*created_at, up));
+                let running = jiff::Timestamp::now();
+                report.milestones = control_plane_milestones(mgmt, spec, server, running)
+                    .await
+                    .map_err(|e| say(format!("{}: no milestones: {e:#}", spec.name)))
+                    .ok();
+                anyhow::Ok(())
+            }),
+    )
     .await?;
     say(format!(
         "all {} cluster(s) up in {:.1}s",
@@ -667,6 +678,75 @@ async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyho
         bail!("Cluster condition ControlPlaneInitialized not True");
     }
     Ok(true)
+}
+
+/// The milestones of the cluster's control-plane Machine, from the timestamps on its
+/// Cluster, host and Node.
+async fn control_plane_milestones(
+    mgmt: &Client,
+    spec: &ClusterSpec,
+    server: &ApiServer,
+    running: jiff::Timestamp,
+) -> anyhow::Result<phases::Milestones> {
+    let ns = &spec.namespace;
+    let created = |o: &Value| {
+        o["metadata"]["creationTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    let cluster = serde_json::to_value(
+        dynamic(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Cluster")
+            .get(&spec.name)
+            .await?,
+    )?;
+    let cluster_created = created(&cluster).ok_or_else(|| anyhow!("no Cluster creation time"))?;
+    let machines = to_values(
+        dynamic(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Machine")
+            .list(&ListParams::default().labels("cluster.x-k8s.io/control-plane"))
+            .await?
+            .items,
+    )?;
+    let machine = machines
+        .first()
+        .ok_or_else(|| anyhow!("no control-plane Machine"))?;
+    let m3m_name = machine["spec"]["infrastructureRef"]["name"]
+        .as_str()
+        .unwrap_or_default();
+    let m3m = serde_json::to_value(
+        dynamic(
+            mgmt,
+            ns,
+            "infrastructure.cluster.x-k8s.io",
+            "v1beta2",
+            "Metal3Machine",
+        )
+        .get(m3m_name)
+        .await?,
+    )?;
+    let host_name = m3m["metadata"]["annotations"]["metal3.io/BareMetalHost"]
+        .as_str()
+        .and_then(|a| a.split_once('/'))
+        .map(|(_, name)| name.to_string())
+        .ok_or_else(|| anyhow!("Metal3Machine {m3m_name} has no host annotation"))?;
+    let host = serde_json::to_value(
+        dynamic(mgmt, ns, "metal3.io", "v1alpha1", "BareMetalHost")
+            .get(&host_name)
+            .await?,
+    )?;
+    let node_name = machine["status"]["nodeRef"]["name"]
+        .as_str()
+        .unwrap_or_default();
+    let node = serde_json::to_value(
+        Api::<Node>::all(server.client().await?)
+            .get(node_name)
+            .await?,
+    )?;
+    Ok(phases::milestones(
+        cluster_created,
+        &host["status"]["operationHistory"],
+        created(&node),
+        Some(running),
+    ))
 }
 
 /// The workload cluster's Nodes are exactly the Machines' nodeRefs: no Node of a removed

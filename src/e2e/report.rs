@@ -3,12 +3,17 @@
 
 use serde::Serialize;
 
+use super::phases::Milestones;
+
 #[derive(Debug, Serialize)]
 pub struct ClusterReport {
     pub name: String,
     /// From creating the cluster's objects to: control plane initialized, its Machine
     /// Running with a nodeRef and its providerID set by CAPM3.
     pub seconds_to_running: Option<f64>,
+    /// Where that time went, for the control-plane Machine (seconds after the Cluster's
+    /// creation).
+    pub milestones: Option<Milestones>,
     pub apiserver_pid: u32,
     /// Resident memory of the cluster's own kube-apiserver once its cluster was up and
     /// scaled (before deletion), and its peak.
@@ -21,6 +26,7 @@ impl ClusterReport {
         Self {
             name: name.to_string(),
             seconds_to_running: None,
+            milestones: None,
             apiserver_pid,
             apiserver_rss_bytes: None,
             apiserver_peak_rss_bytes: None,
@@ -73,6 +79,20 @@ pub fn render(report: &Report) -> String {
             c.apiserver_peak_rss_bytes
                 .map_or("-".to_string(), |b| format!("{:.0}", mib(b)))
         ));
+    }
+    for c in &report.clusters {
+        if let Some(m) = &c.milestones {
+            let at = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
+            out.push_str(&format!(
+                "    {} control plane: host inspected {}, provisioning {}, provisioned {}, Node {}, Running {}\n",
+                c.name,
+                at(m.host_inspected),
+                at(m.provisioning_started),
+                at(m.host_provisioned),
+                at(m.node_created),
+                at(m.machine_running)
+            ));
+        }
     }
     if let (Some(first), Some(last)) = (seconds.first(), seconds.last()) {
         out.push_str(&format!(
