@@ -134,10 +134,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     // One CA for every webhook server; each provider listens on its own port.
     let webhook_ca = ClusterCa::new("metal3-fakenode-e2e-webhooks")?;
     let serving = webhook_ca.serving_cert()?;
-    let ports: Vec<providers::Ports> = PROVIDERS
-        .iter()
-        .map(|_| providers::Ports::free())
-        .collect::<Result<_, _>>()?;
+    let ports = providers::Ports::free(PROVIDERS.len())?;
     say("installing the released CRDs and webhook configurations");
     install_provider_manifests(mgmt, &e2e, &ports, &webhook_ca.cert_pem()).await?;
 

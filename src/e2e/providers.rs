@@ -60,12 +60,17 @@ pub struct Ports {
 }
 
 impl Ports {
-    pub fn free() -> Result<Self, envtest::EnvtestError> {
-        Ok(Self {
-            webhook: envtest::free_port()?,
-            health: envtest::free_port()?,
-            metrics: envtest::free_port()?,
-        })
+    /// Distinct free ports for `n` controllers.
+    pub fn free(n: usize) -> Result<Vec<Self>, envtest::EnvtestError> {
+        let ports = envtest::free_ports(3 * n)?;
+        Ok(ports
+            .chunks_exact(3)
+            .map(|p| Self {
+                webhook: p[0],
+                health: p[1],
+                metrics: p[2],
+            })
+            .collect())
     }
 }
 

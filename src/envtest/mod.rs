@@ -107,12 +107,24 @@ impl Assets {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> Result<u16, EnvtestError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("binding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("reading a bound port"))?
-        .port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct loopback ports that were free a moment ago. Each is held until all are
+/// chosen: ports taken one after another may repeat, since a released port can be handed
+/// out again at once.
+pub fn free_ports(n: usize) -> Result<Vec<u16>, EnvtestError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("binding a free port")))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| a.port())
+                .map_err(io_err("reading a bound port"))
+        })
+        .collect()
 }
 
 /// A scratch directory under one root, named after this process, so directories left by
@@ -465,5 +477,16 @@ impl Environment {
 
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_chosen_together_are_distinct() {
+        let ports = super::free_ports(64).unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 64);
+        assert!(ports.iter().all(|p| *p > 0));
     }
 }
