@@ -24,7 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::apply;
 use crate::certificate_expiry;
@@ -36,6 +36,7 @@ use crate::fidelity::{Fate, Fidelity};
 use crate::http::Health;
 use crate::kubelet::{self, Kubelets};
 use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
+use crate::permissions;
 use crate::plan::{self, Lookup, Plan};
 use crate::resources::{
     BareMetalHost, CLUSTER_NAME_LABEL, Cluster, Machine, Metal3Machine, PROVISIONED,
@@ -84,6 +85,9 @@ impl Default for Config {
         }
     }
 }
+
+/// How often missing permissions are checked again (RBAC may be fixed while we run).
+const PERMISSION_RECHECK: Duration = Duration::from_secs(10);
 
 /// A task that ends with the controller even if the controller's future is dropped (a lost
 /// leadership does that): heartbeats and deletes must not outlive it.
@@ -286,6 +290,7 @@ pub async fn run(
     } else {
         config.namespaces.iter().cloned().map(Some).collect()
     };
+    let scope_names = scopes.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop = stop_rx.clone();
@@ -348,14 +353,19 @@ pub async fn run(
             shared.metrics.kubelets.set(shared.kubelets.len() as i64);
         }
     });
+    let needed = permissions::required(&scope_names, config.fidelity.annotate_certificate_expiry);
     let readiness = {
         let health = health.clone();
+        let metrics = metrics.clone();
+        let client = client.clone();
         async move {
+            // First: without `list` the stores never sync, and this says why.
+            wait_for_permissions(&client, &needed, &metrics).await;
             for stores in &all_stores {
                 stores.wait_ready().await;
             }
             health.set_ready(true);
-            info!("all stores synced; ready");
+            info!("every permission granted and every store synced; ready");
         }
     };
     let forward_shutdown = async move {
@@ -374,6 +384,35 @@ pub async fn run(
     // The last sender goes with `shared`; the publisher then drains the queue and stops.
     drop(shared);
     let _ = publisher.await;
+}
+
+/// Re-checks every `PERMISSION_RECHECK` until the identity has every permission it needs,
+/// saying which it lacks: the controller stays not ready meanwhile, rather than ready and
+/// blind (a first list succeeds without `watch`). An API error counts as unknown and is
+/// retried the same way.
+async fn wait_for_permissions(
+    client: &Client,
+    needed: &[permissions::Permission],
+    metrics: &Metrics,
+) {
+    loop {
+        match permissions::missing(client, needed).await {
+            Ok(lacking) if lacking.is_empty() => {
+                metrics.missing_permissions.set(0);
+                return;
+            }
+            Ok(lacking) => {
+                metrics.missing_permissions.set(lacking.len() as i64);
+                let lacking: Vec<String> = lacking.iter().map(ToString::to_string).collect();
+                error!(
+                    missing = %lacking.join(", "),
+                    "not ready: this identity lacks permissions the controller needs (see deploy/base/clusterrole.yaml)"
+                );
+            }
+            Err(e) => warn!(error = %e, "cannot check this identity's permissions; retrying"),
+        }
+        tokio::time::sleep(PERMISSION_RECHECK).await;
+    }
 }
 
 async fn publish_events(

@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz` (the process serves) and `/readyz` (every store has synced).
+//! `/metrics`, `/healthz` (the process serves) and `/readyz` (every permission granted and
+//! every store synced).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -17,6 +17,7 @@ pub mod http;
 pub mod kubelet;
 pub mod leadership;
 pub mod metrics;
+pub mod permissions;
 pub mod plan;
 pub mod resources;
 pub mod shard;

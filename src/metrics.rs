@@ -53,6 +53,7 @@ pub struct Metrics {
     pub events_dropped: IntCounter,
     /// 1 while this replica leads (or when leader election is off), 0 on standby.
     pub leader: IntGauge,
+    pub missing_permissions: IntGauge,
     pub static_pods_created: IntCounter,
     pub nodes_deleted: IntCounter,
     pub kubelets: IntGauge,
@@ -146,6 +147,10 @@ impl Metrics {
                 "fakenode_leader",
                 "1 while this replica reconciles (it leads, or leader election is off); 0 on standby.",
             )?,
+            missing_permissions: IntGauge::new(
+                "fakenode_missing_permissions",
+                "Permissions in the management cluster this identity needs but lacks (checked with SelfSubjectAccessReviews); not ready while above 0.",
+            )?,
             static_pods_created: IntCounter::new(
                 "fakenode_static_pods_created_total",
                 "Mirror Pods of control-plane static pods created in workload clusters.",
@@ -195,6 +200,7 @@ impl Metrics {
         r.register(Box::new(self.workload_request_duration.clone()))?;
         r.register(Box::new(self.events_dropped.clone()))?;
         r.register(Box::new(self.leader.clone()))?;
+        r.register(Box::new(self.missing_permissions.clone()))?;
         r.register(Box::new(self.static_pods_created.clone()))?;
         r.register(Box::new(self.nodes_deleted.clone()))?;
         r.register(Box::new(self.kubelets.clone()))?;

@@ -709,3 +709,77 @@ async fn node_webhook(server: &ApiServer, node: &str, url: &str, ca_pem: Option<
         .await
         .unwrap();
 }
+
+/// A ClusterRole as deploy/base's, minus `watch` on Metal3Machines when `without_watch`.
+fn role(name: &str, without_watch: bool) -> serde_json::Value {
+    let m3m_verbs = if without_watch {
+        json!(["list"])
+    } else {
+        json!(["list", "watch"])
+    };
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": ["infrastructure.cluster.x-k8s.io"], "resources": ["metal3machines"], "verbs": m3m_verbs},
+            {"apiGroups": ["metal3.io"], "resources": ["baremetalhosts"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["cluster.x-k8s.io"], "resources": ["machines", "clusters"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ],
+    })
+}
+
+#[tokio::test]
+async fn a_controller_without_watch_permission_stays_not_ready_and_says_what_it_lacks() {
+    let env = common::env().await;
+    let mgmt = env.management.client().await.unwrap();
+    let ns = unique("rbac");
+    world::namespace(&mgmt, &ns).await.unwrap();
+    // The first list succeeds without `watch`: only the permission check can tell.
+    let user = format!("{ns}-controller");
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(mgmt.clone());
+    let apply = PatchParams::apply("controller-test").force();
+    roles
+        .patch(&user, &apply, &Patch::Apply(role(&user, true)))
+        .await
+        .unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(mgmt.clone(), &ns);
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": user, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    });
+    bindings
+        .patch(&user, &apply, &Patch::Apply(binding))
+        .await
+        .unwrap();
+    let kubeconfig = env.management.kubeconfig_for_user(&user, None).unwrap();
+    let client = envtest::client_for(&kubeconfig).await.unwrap();
+    let ctl = common::start_controller_as(client, test_config(&[&ns])).await;
+
+    let missing = eventually("the missing permission to be counted", LIMIT, || async {
+        let n = ctl.metrics.missing_permissions.get();
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert_eq!(missing, 1, "exactly watch on metal3machines is missing");
+    assert!(
+        !ctl.health.is_ready(),
+        "not ready while a permission is missing"
+    );
+
+    // Granting it is enough: the check runs again and the controller turns ready.
+    roles
+        .patch(&user, &apply, &Patch::Apply(role(&user, false)))
+        .await
+        .unwrap();
+    eventually("readiness once watch is granted", LIMIT, || async {
+        (ctl.health.is_ready() && ctl.metrics.missing_permissions.get() == 0).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
