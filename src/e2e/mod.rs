@@ -115,41 +115,52 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
     let assets = Assets::from_env().context("the e2e run needs the local control plane")?;
     let e2e = E2eAssets::from_env()?;
-    let begun = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("metal3-fakenode-e2e-")
         .tempdir()?;
+    let result = scenario(&options, &assets, &e2e, dir.path()).await;
+    if result.is_err() {
+        let kept = dir.keep();
+        say(format!(
+            "failed: the processes' logs are kept in {}",
+            kept.display()
+        ));
+    }
+    result
+}
+
+/// The scenario, its processes' files under `dir`; every process stops when it returns.
+async fn scenario(
+    options: &Options,
+    assets: &Assets,
+    e2e: &E2eAssets,
+    dir: &Path,
+) -> anyhow::Result<Report> {
+    let begun = Instant::now();
     say("starting etcd and the management API server");
-    let etcd = Etcd::start(&assets).await?;
-    let management = ApiServer::start(&assets, &etcd, "management").await?;
+    let etcd = Etcd::start(assets).await?;
+    let management = ApiServer::start(assets, &etcd, "management").await?;
     let mgmt = &management.client().await?;
-    let admin_kubeconfig = dir.path().join("management.kubeconfig");
+    let admin_kubeconfig = dir.join("management.kubeconfig");
     std::fs::write(
         &admin_kubeconfig,
         envtest::kubeconfig_yaml(&management.admin_kubeconfig())?,
     )?;
 
-    let _controller_manager = start_controller_manager(&e2e, &admin_kubeconfig, dir.path())?;
+    let _controller_manager = start_controller_manager(e2e, &admin_kubeconfig, dir)?;
 
     // One CA for every webhook server; each provider listens on its own port.
     let webhook_ca = ClusterCa::new("metal3-fakenode-e2e-webhooks")?;
     let serving = webhook_ca.serving_cert()?;
     let ports = providers::Ports::free(PROVIDERS.len())?;
     say("installing the released CRDs and webhook configurations");
-    install_provider_manifests(mgmt, &e2e, &ports, &webhook_ca.cert_pem()).await?;
+    install_provider_manifests(mgmt, e2e, &ports, &webhook_ca.cert_pem()).await?;
 
     say("starting CAPI, KCP, CABPK, CAPM3 and the baremetal-operator");
     let started = Instant::now();
     let bin_dir = e2e.bin_dir();
     let running: Vec<Running> = try_join_all(PROVIDERS.iter().zip(&ports).map(|(p, ports)| {
-        providers::start(
-            *p,
-            *ports,
-            &bin_dir,
-            &admin_kubeconfig,
-            dir.path(),
-            &serving,
-        )
+        providers::start(*p, *ports, &bin_dir, &admin_kubeconfig, dir, &serving)
     }))
     .await?;
     say(format!(
@@ -157,12 +168,12 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         started.elapsed().as_secs_f64()
     ));
 
-    let mut controller = start_fakenode(&management, mgmt, dir.path()).await?;
+    let mut controller = start_fakenode(&management, mgmt, dir).await?;
 
     // A few API servers start at once: each takes seconds of CPU to come up.
     let started: Vec<(ClusterSpec, ClusterPki, ApiServer)> = futures::stream::iter(
         (0..options.clusters)
-            .map(|i| workload_cluster(&assets, &etcd, format!("e2e-{i:03}"), options.scale_up_to)),
+            .map(|i| workload_cluster(assets, &etcd, format!("e2e-{i:03}"), options.scale_up_to)),
     )
     .buffered(4)
     .try_collect()
@@ -182,9 +193,53 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .zip(&workloads)
         .map(|((spec, _), server)| ClusterReport::new(&spec.name, server.pid()))
         .collect();
+    bring_up(mgmt, &specs, &workloads, &mut reports, options.step_timeout).await?;
+    scale_all(
+        mgmt,
+        &specs,
+        &workloads,
+        [options.scale_up_to, 1],
+        options.step_timeout,
+    )
+    .await?;
+    for (report, server) in reports.iter_mut().zip(&workloads) {
+        report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
+        report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
+    }
+    let clients_before = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
+    let kubelets_before = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
+
+    delete_all(mgmt, &specs, &controller.metrics, options.step_timeout).await?;
+    let report = Report {
+        clusters: reports,
+        workload_clients_before_delete: clients_before,
+        kubelets_before_delete: kubelets_before,
+        controllers: PROVIDERS.iter().map(|p| p.name.to_string()).collect(),
+        total_seconds: begun.elapsed().as_secs_f64(),
+    };
+    if let Some(path) = &options.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for mut process in running.into_iter().map(|r| r.process) {
+        process.kill();
+    }
+    controller.process.kill();
+    Ok(report)
+}
+
+/// Creates every cluster's objects and waits until each is up (its control plane
+/// initialized, its Machine Running), recording how long each took and where it went.
+async fn bring_up(
+    mgmt: &Client,
+    specs: &[(ClusterSpec, ClusterPki)],
+    workloads: &[ApiServer],
+    reports: &mut [ClusterReport],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let created = Instant::now();
     let mut created_at = Vec::new();
-    for (spec, pki) in &specs {
+    for (spec, pki) in specs {
         for object in spec.objects(pki) {
             create(mgmt, &object).await?;
         }
@@ -193,13 +248,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
 
     // Every cluster up: the control plane initialized, its Machine Running.
-    let deadline = Instant::now() + options.step_timeout;
+    let deadline = Instant::now() + timeout;
     try_join_all(
         specs
             .iter()
             .zip(reports.iter_mut())
             .zip(&created_at)
-            .zip(&workloads)
+            .zip(workloads)
             .map(|((((spec, _), report), created_at), server)| async move {
                 let up = wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, 1)).await?;
                 report.seconds_to_running = Some(seconds_since(*created_at, up));
@@ -218,17 +273,29 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         created.elapsed().as_secs_f64()
     ));
 
+    Ok(())
+}
+
+/// Scales every MachineDeployment to each target in turn; after each, every cluster's
+/// Machines run and its Nodes are exactly theirs.
+async fn scale_all(
+    mgmt: &Client,
+    specs: &[(ClusterSpec, ClusterPki)],
+    workloads: &[ApiServer],
+    targets: [u32; 2],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     // Scale the workers up and down on every cluster.
-    for target in [options.scale_up_to, 1] {
+    for target in targets {
         let step = Instant::now();
-        for (spec, _) in &specs {
+        for (spec, _) in specs {
             scale(mgmt, spec, target).await?;
         }
-        let deadline = step + options.step_timeout;
+        let deadline = step + timeout;
         try_join_all(
             specs
                 .iter()
-                .zip(&workloads)
+                .zip(workloads)
                 .map(|((spec, _), server)| async move {
                     wait_until(deadline, &spec.name, || async {
                         let up = cluster_up(mgmt, spec, 1 + target as usize).await?;
@@ -245,16 +312,20 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         ));
     }
 
-    for (report, server) in reports.iter_mut().zip(&workloads) {
-        report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
-        report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
-    }
-    let clients_before = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
-    let kubelets_before = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
+    Ok(())
+}
 
+/// Deletes every Cluster and waits until nothing of them is left and metal3-fakenode
+/// forgot them (no client, no fake kubelet).
+async fn delete_all(
+    mgmt: &Client,
+    specs: &[(ClusterSpec, ClusterPki)],
+    metrics: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     // Delete every Cluster: everything goes, and metal3-fakenode forgets the clusters.
     let step = Instant::now();
-    for (spec, _) in &specs {
+    for (spec, _) in specs {
         let api = dynamic(
             mgmt,
             &spec.namespace,
@@ -264,7 +335,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         );
         api.delete(&spec.name, &DeleteParams::background()).await?;
     }
-    let deadline = step + options.step_timeout;
+    let deadline = step + timeout;
     try_join_all(
         specs
             .iter()
@@ -273,8 +344,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     .await?;
     // It forgets each cluster: no client, no fake kubelet (heartbeats) left.
     wait_until(deadline, "metal3-fakenode", || async {
-        let clients = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
-        let kubelets = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
+        let clients = fakenode_gauge(metrics, "fakenode_workload_clients").await;
+        let kubelets = fakenode_gauge(metrics, "fakenode_kubelets").await;
         match (clients, kubelets) {
             (Some(c), Some(k)) if c == 0.0 && k == 0.0 => Ok(true),
             other => bail!("(workload clients, kubelets) = {other:?}"),
@@ -285,22 +356,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "every Cluster deleted, nothing of it left, in {:.1}s",
         step.elapsed().as_secs_f64()
     ));
-    let report = Report {
-        clusters: reports,
-        workload_clients_before_delete: clients_before,
-        kubelets_before_delete: kubelets_before,
-        controllers: PROVIDERS.iter().map(|p| p.name.to_string()).collect(),
-        total_seconds: begun.elapsed().as_secs_f64(),
-    };
-    if let Some(path) = &options.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    for mut process in running.into_iter().map(|r| r.process) {
-        process.kill();
-    }
-    controller.process.kill();
-    Ok(report)
+    Ok(())
 }
 
 fn seconds_since(start: Instant, at: Instant) -> f64 {
