@@ -650,6 +650,34 @@ async fn fakenode_gauge(metrics: &str, name: &str) -> Option<f64> {
     crate::demo::report::metric_value(&text, name)
 }
 
+/// Every object of a kind in `ns`, as JSON.
+async fn list(
+    mgmt: &Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let items = dynamic(mgmt, ns, group, version, kind)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    to_values(items)
+}
+
+/// One object as JSON.
+async fn get(
+    mgmt: &Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Value> {
+    let object = dynamic(mgmt, ns, group, version, kind).get(name).await?;
+    Ok(serde_json::to_value(object)?)
+}
+
 fn condition_true(object: &Value, kind: &str) -> bool {
     object["status"]["conditions"]
         .as_array()
@@ -667,10 +695,7 @@ fn to_values(list: Vec<DynamicObject>) -> anyhow::Result<Vec<Value>> {
 /// components and the Cluster says ControlPlaneInitialized. An error says what is missing.
 async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyhow::Result<bool> {
     let ns = &spec.namespace;
-    let list = dynamic(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Machine")
-        .list(&ListParams::default())
-        .await?;
-    let all = to_values(list.items)?;
+    let all = list(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Machine").await?;
     let running = all
         .iter()
         .filter(|m| m["status"]["phase"] == "Running" && m["status"]["nodeRef"]["name"].is_string())
@@ -681,18 +706,14 @@ async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyho
             all.len()
         );
     }
-    let m3ms = to_values(
-        dynamic(
-            mgmt,
-            ns,
-            "infrastructure.cluster.x-k8s.io",
-            "v1beta2",
-            "Metal3Machine",
-        )
-        .list(&ListParams::default())
-        .await?
-        .items,
-    )?;
+    let m3ms = list(
+        mgmt,
+        ns,
+        "infrastructure.cluster.x-k8s.io",
+        "v1beta2",
+        "Metal3Machine",
+    )
+    .await?;
     for m3m in &m3ms {
         let id = m3m["spec"]["providerID"].as_str().unwrap_or_default();
         // The form only CAPM3 writes: metal3://<namespace>/<host>/<metal3machine>.
@@ -701,16 +722,15 @@ async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyho
             bail!("Metal3Machine {name} has providerID {id:?}");
         }
     }
-    let kcp = dynamic(
+    let kcp = get(
         mgmt,
         ns,
         "controlplane.cluster.x-k8s.io",
         "v1beta2",
         "KubeadmControlPlane",
+        &spec.name,
     )
-    .get(&spec.name)
     .await?;
-    let kcp = serde_json::to_value(kcp)?;
     if kcp["status"]["initialization"]["controlPlaneInitialized"] != true {
         bail!("KubeadmControlPlane not initialized");
     }
@@ -722,11 +742,15 @@ async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyho
             );
         }
     }
-    let cluster = serde_json::to_value(
-        dynamic(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Cluster")
-            .get(&spec.name)
-            .await?,
-    )?;
+    let cluster = get(
+        mgmt,
+        ns,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Cluster",
+        &spec.name,
+    )
+    .await?;
     if !condition_true(&cluster, "ControlPlaneInitialized") {
         bail!("Cluster condition ControlPlaneInitialized not True");
     }
@@ -747,11 +771,15 @@ async fn control_plane_milestones(
             .as_str()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
     };
-    let cluster = serde_json::to_value(
-        dynamic(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Cluster")
-            .get(&spec.name)
-            .await?,
-    )?;
+    let cluster = get(
+        mgmt,
+        ns,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Cluster",
+        &spec.name,
+    )
+    .await?;
     let cluster_created = created(&cluster).ok_or_else(|| anyhow!("no Cluster creation time"))?;
     let machines = to_values(
         dynamic(mgmt, ns, "cluster.x-k8s.io", "v1beta2", "Machine")
@@ -765,27 +793,29 @@ async fn control_plane_milestones(
     let m3m_name = machine["spec"]["infrastructureRef"]["name"]
         .as_str()
         .unwrap_or_default();
-    let m3m = serde_json::to_value(
-        dynamic(
-            mgmt,
-            ns,
-            "infrastructure.cluster.x-k8s.io",
-            "v1beta2",
-            "Metal3Machine",
-        )
-        .get(m3m_name)
-        .await?,
-    )?;
+    let m3m = get(
+        mgmt,
+        ns,
+        "infrastructure.cluster.x-k8s.io",
+        "v1beta2",
+        "Metal3Machine",
+        m3m_name,
+    )
+    .await?;
     let host_name = m3m["metadata"]["annotations"]["metal3.io/BareMetalHost"]
         .as_str()
         .and_then(|a| a.split_once('/'))
         .map(|(_, name)| name.to_string())
         .ok_or_else(|| anyhow!("Metal3Machine {m3m_name} has no host annotation"))?;
-    let host = serde_json::to_value(
-        dynamic(mgmt, ns, "metal3.io", "v1alpha1", "BareMetalHost")
-            .get(&host_name)
-            .await?,
-    )?;
+    let host = get(
+        mgmt,
+        ns,
+        "metal3.io",
+        "v1alpha1",
+        "BareMetalHost",
+        &host_name,
+    )
+    .await?;
     let node_name = machine["status"]["nodeRef"]["name"]
         .as_str()
         .unwrap_or_default();
@@ -809,18 +839,14 @@ async fn nodes_match_machines(
     spec: &ClusterSpec,
     server: &ApiServer,
 ) -> anyhow::Result<()> {
-    let machines = to_values(
-        dynamic(
-            mgmt,
-            &spec.namespace,
-            "cluster.x-k8s.io",
-            "v1beta2",
-            "Machine",
-        )
-        .list(&ListParams::default())
-        .await?
-        .items,
-    )?;
+    let machines = list(
+        mgmt,
+        &spec.namespace,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Machine",
+    )
+    .await?;
     let want: BTreeSet<String> = machines
         .iter()
         .filter(|m| m["metadata"]["deletionTimestamp"].is_null())
@@ -874,21 +900,12 @@ async fn cluster_gone(mgmt: &Client, spec: &ClusterSpec) -> anyhow::Result<bool>
         ("controlplane.cluster.x-k8s.io", "KubeadmControlPlane"),
         ("bootstrap.cluster.x-k8s.io", "KubeadmConfig"),
     ] {
-        let n = dynamic(mgmt, ns, group, "v1beta2", kind)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .len();
+        let n = list(mgmt, ns, group, "v1beta2", kind).await?.len();
         if n > 0 {
             left.insert(kind, n);
         }
     }
-    let hosts = to_values(
-        dynamic(mgmt, ns, "metal3.io", "v1alpha1", "BareMetalHost")
-            .list(&ListParams::default())
-            .await?
-            .items,
-    )?;
+    let hosts = list(mgmt, ns, "metal3.io", "v1alpha1", "BareMetalHost").await?;
     let consumed = hosts
         .iter()
         .filter(|h| !h["spec"]["consumerRef"].is_null())
