@@ -121,15 +121,7 @@ async fn ensure_node(
         }
     };
     if created_at.is_some() || !is_ready(&existing) {
-        let patch = json!({ "status": node.status });
-        request(
-            workload,
-            metrics,
-            "patch",
-            api.patch_status(&name, &field_manager(), &Patch::Merge(&patch)),
-        )
-        .await
-        .map_err(|e| classify(&workload.cluster, e))?;
+        set_status(workload, metrics, &api, &name, &node.status).await?;
     }
     lift_startup_taints(workload, metrics, node, &existing).await?;
     // A create that reached the server but whose answer was lost leaves a Node without a
@@ -173,15 +165,7 @@ pub async fn ensure_static_pods(
                 continue;
             }
         }
-        let patch = json!({ "status": pod.status });
-        request(
-            workload,
-            metrics,
-            "patch",
-            api.patch_status(&name, &field_manager(), &Patch::Merge(&patch)),
-        )
-        .await
-        .map_err(|e| classify(&workload.cluster, e))?;
+        set_status(workload, metrics, &api, &name, &pod.status).await?;
         created += usize::from(fresh);
     }
     Ok(created)
@@ -549,6 +533,29 @@ where
         Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
         Err(e) => Err(classify(&workload.cluster, e)),
     }
+}
+
+/// Sets an object's status through the status subresource, as its kubelet would.
+async fn set_status<K>(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({ "status": status });
+    request(
+        workload,
+        metrics,
+        "patch",
+        api.patch_status(name, &field_manager(), &Patch::Merge(&patch)),
+    )
+    .await
+    .map_err(|e| classify(&workload.cluster, e))?;
+    Ok(())
 }
 
 async fn request<T>(

@@ -441,48 +441,28 @@ async fn bad_inputs_are_reported_and_leave_every_other_machine_alone() {
         .unwrap();
         cases.push((name(case), reason));
     }
-    // A host that another Metal3Machine consumes.
-    world::host(
-        &mgmt,
-        &ns,
-        &name("stolen-bmh"),
-        Some("someone-else"),
-        "provisioned",
-    )
-    .await
-    .unwrap();
-    world::metal3_machine(
-        &mgmt,
-        &ns,
-        &name("stolen"),
-        &good_cluster,
-        Some(&format!("{ns}/{}", name("stolen-bmh"))),
-        None,
-    )
-    .await
-    .unwrap();
-    cases.push((name("stolen"), "HostConsumedByOther"));
-    // No owning Machine.
-    world::host(
-        &mgmt,
-        &ns,
-        &name("orphan-bmh"),
-        Some(&name("orphan")),
-        "provisioned",
-    )
-    .await
-    .unwrap();
-    world::metal3_machine(
-        &mgmt,
-        &ns,
-        &name("orphan"),
-        &good_cluster,
-        Some(&format!("{ns}/{}", name("orphan-bmh"))),
-        None,
-    )
-    .await
-    .unwrap();
-    cases.push((name("orphan"), "NoOwnerMachine"));
+    // A host that another Metal3Machine consumes; a Metal3Machine without an owning
+    // Machine (its host is its own).
+    for (case, consumer, reason) in [
+        ("stolen", "someone-else".to_string(), "HostConsumedByOther"),
+        ("orphan", name("orphan"), "NoOwnerMachine"),
+    ] {
+        let host = name(&format!("{case}-bmh"));
+        world::host(&mgmt, &ns, &host, Some(&consumer), "provisioned")
+            .await
+            .unwrap();
+        world::metal3_machine(
+            &mgmt,
+            &ns,
+            &name(case),
+            &good_cluster,
+            Some(&format!("{ns}/{host}")),
+            None,
+        )
+        .await
+        .unwrap();
+        cases.push((name(case), reason));
+    }
     // A Machine without its cluster-name label.
     world::machine(
         &mgmt,

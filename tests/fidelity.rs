@@ -92,6 +92,16 @@ async fn pods_of(server: &ApiServer, node: &str) -> Vec<Pod> {
         .items
 }
 
+/// Static pods, a heartbeat every second and clean deletes: Nodes that live and go.
+fn living_nodes() -> Fidelity {
+    Fidelity {
+        static_pods: true,
+        heartbeat_interval: Duration::from_secs(1),
+        delete_orphans: true,
+        ..Fidelity::default()
+    }
+}
+
 fn with(fidelity: Fidelity, ns: &str) -> metal3_fakenode::controller::Config {
     let mut config = test_config(&[ns]);
     config.fidelity = fidelity;
@@ -269,16 +279,7 @@ async fn nodes_live_until_their_machine_is_deleted() {
     let ns = namespace_with_cluster(&mgmt, "heartbeat", server).await;
     let cp = machine(&mgmt, &ns, "cp-0", true).await;
     let worker = machine(&mgmt, &ns, "md-0", false).await;
-    let ctl = start_controller(with(
-        Fidelity {
-            static_pods: true,
-            heartbeat_interval: Duration::from_secs(1),
-            delete_orphans: true,
-            ..Fidelity::default()
-        },
-        &ns,
-    ))
-    .await;
+    let ctl = start_controller(with(living_nodes(), &ns)).await;
     let node = ready_node(server, &worker.spec.name).await;
     ready_node(server, &cp.spec.name).await;
     let leases = leases(server).await;
@@ -440,16 +441,7 @@ async fn cleanup_deletes_only_what_carries_our_label() {
         .await
         .unwrap();
 
-    let ctl = start_controller(with(
-        Fidelity {
-            static_pods: true,
-            heartbeat_interval: Duration::from_secs(1),
-            delete_orphans: true,
-            ..Fidelity::default()
-        },
-        &ns,
-    ))
-    .await;
+    let ctl = start_controller(with(living_nodes(), &ns)).await;
     for m in [&cp, &worker, &stays] {
         ready_node(server, &m.spec.name).await;
     }
@@ -565,16 +557,7 @@ async fn a_rolling_upgrade_leaves_exactly_the_new_nodes() {
     ] {
         old.push(machine(&mgmt, &ns, suffix, control_plane).await);
     }
-    let ctl = start_controller(with(
-        Fidelity {
-            static_pods: true,
-            heartbeat_interval: Duration::from_secs(1),
-            delete_orphans: true,
-            ..Fidelity::default()
-        },
-        &ns,
-    ))
-    .await;
+    let ctl = start_controller(with(living_nodes(), &ns)).await;
     for m in &old {
         ready_node(server, &m.spec.name).await;
     }
