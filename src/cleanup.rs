@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::apply;
 use crate::controller::Stores;
+use crate::error::Error;
 use crate::kubelet::{Kubelets, Tracked};
 use crate::metrics::Metrics;
 use crate::plan::{ClusterKey, KubeconfigSource, Lookup, kubeconfig_source, owner_machine};
@@ -55,6 +56,10 @@ pub fn orphaned(
     let Some(machine) = lookup.machine(&cluster.namespace, node) else {
         return true;
     };
+    // A Machine that cannot be read still exists: its Node stays.
+    let Ok(machine) = machine.read() else {
+        return false;
+    };
     let infra = &machine.spec.infrastructure_ref;
     all_metal3_machines
         && infra.kind == "Metal3Machine"
@@ -63,10 +68,14 @@ pub fn orphaned(
 }
 
 /// Whether a workload cluster is gone: its Cluster deleted, or its kubeconfig Secret (or
-/// the Secret's value), without which it cannot be reached any more.
+/// the Secret's value), without which it cannot be reached any more. An object that
+/// exists but cannot be read is no evidence of anything: the cluster stays.
 pub fn cluster_gone(lookup: &impl Lookup, cluster: &ClusterKey) -> bool {
     lookup.cluster(&cluster.namespace, &cluster.name).is_none()
-        || kubeconfig_source(lookup, &cluster.namespace, &cluster.name).is_err()
+        || matches!(
+            kubeconfig_source(lookup, &cluster.namespace, &cluster.name),
+            Err(Error::KubeconfigSecretMissing { .. } | Error::KubeconfigSecretNoValue { .. })
+        )
 }
 
 /// The workload clusters the Metal3Machines belong to (through their Machine's cluster
@@ -79,6 +88,9 @@ pub fn clusters_in_use<'a>(
     for m3m in metal3_machines {
         let namespace = m3m.namespace().unwrap_or_default();
         let Some(machine) = owner_machine(m3m).and_then(|m| lookup.machine(&namespace, m)) else {
+            continue;
+        };
+        let Ok(machine) = machine.read() else {
             continue;
         };
         let Some(name) = machine.labels().get(CLUSTER_NAME_LABEL) else {
@@ -151,7 +163,7 @@ impl Cleanup {
             for scope in scopes {
                 let m3ms = scope.metal3_machines.state();
                 unknown.extend(
-                    clusters_in_use(m3ms.iter().map(|m| m.as_ref()), scope)
+                    clusters_in_use(m3ms.iter().filter_map(|m| m.read().ok()), scope)
                         .into_iter()
                         .filter(|(c, _)| self.shard.owns(&c.namespace, Some(&c.name)))
                         .filter(|(cluster, _)| !self.kubelets.is_adopted(cluster)),
@@ -232,14 +244,30 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::plan::Found;
     use crate::resources::{BareMetalHost, Cluster, Machine};
+    use crate::tolerant::{Problem, Tolerant, Unreadable};
 
     #[derive(Default)]
     struct World {
-        machines: HashMap<(String, String), Arc<Machine>>,
+        machines: HashMap<(String, String), Arc<Tolerant<Machine>>>,
         clusters: HashSet<(String, String)>,
-        secrets: HashMap<(String, String), Arc<Secret>>,
+        secrets: HashMap<(String, String), Arc<Tolerant<Secret>>>,
         metal3_machines: HashSet<(String, String)>,
+    }
+
+    fn unreadable<K>(name: &str) -> Arc<Tolerant<K>> {
+        Arc::new(Tolerant::Unreadable(Box::new(Unreadable {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            problem: Problem {
+                path: "spec".into(),
+                message: "invalid type".into(),
+            },
+        })))
     }
 
     fn k(ns: &str, name: &str) -> (String, String) {
@@ -247,18 +275,18 @@ mod tests {
     }
 
     impl Lookup for World {
-        fn host(&self, _: &str, _: &str) -> Option<Arc<BareMetalHost>> {
+        fn host(&self, _: &str, _: &str) -> Found<BareMetalHost> {
             None
         }
-        fn machine(&self, ns: &str, name: &str) -> Option<Arc<Machine>> {
+        fn machine(&self, ns: &str, name: &str) -> Found<Machine> {
             self.machines.get(&k(ns, name)).cloned()
         }
-        fn cluster(&self, ns: &str, name: &str) -> Option<Arc<Cluster>> {
+        fn cluster(&self, ns: &str, name: &str) -> Found<Cluster> {
             self.clusters
                 .contains(&k(ns, name))
-                .then(|| Arc::new(Cluster::new(name, Default::default())))
+                .then(|| Arc::new(Tolerant::Read(Cluster::new(name, Default::default()))))
         }
-        fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        fn secret(&self, ns: &str, name: &str) -> Found<Secret> {
             self.secrets.get(&k(ns, name)).cloned()
         }
     }
@@ -269,15 +297,15 @@ mod tests {
         }
     }
 
-    fn machine(name: &str, m3m: &str) -> Arc<Machine> {
-        Arc::new(
+    fn machine(name: &str, m3m: &str) -> Arc<Tolerant<Machine>> {
+        Arc::new(Tolerant::Read(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ns", "labels": {CLUSTER_NAME_LABEL: "c"}},
                 "spec": {"clusterName": "c", "infrastructureRef":
                          {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "Metal3Machine", "name": m3m}}
             }))
             .unwrap(),
-        )
+        ))
     }
 
     fn world() -> World {
@@ -291,7 +319,8 @@ mod tests {
             "data": {"value": "YQ=="}
         }))
         .unwrap();
-        w.secrets.insert(k("ns", "c-kubeconfig"), Arc::new(secret));
+        w.secrets
+            .insert(k("ns", "c-kubeconfig"), Arc::new(Tolerant::Read(secret)));
         w
     }
 
@@ -315,6 +344,11 @@ mod tests {
         );
         w.machines.clear();
         assert!(orphaned(&w, &cluster(), "c-cp-0", false));
+        w.machines.insert(k("ns", "c-cp-0"), unreadable("c-cp-0"));
+        assert!(
+            !orphaned(&w, &cluster(), "c-cp-0", true),
+            "a Machine that cannot be read still exists"
+        );
     }
 
     #[test]
@@ -326,6 +360,13 @@ mod tests {
         let mut w = world();
         w.clusters.clear();
         assert!(cluster_gone(&w, &cluster()));
+        let mut w = world();
+        w.secrets
+            .insert(k("ns", "c-kubeconfig"), unreadable("c-kubeconfig"));
+        assert!(
+            !cluster_gone(&w, &cluster()),
+            "a kubeconfig Secret that cannot be read is no sign the cluster is gone"
+        );
     }
 
     #[test]

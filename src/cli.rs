@@ -167,6 +167,11 @@ pub struct RunArgs {
     #[arg(long, env = "FAKENODE_MAX_RETRY_DELAY", default_value = "5m", value_parser = parse_duration)]
     pub max_retry_delay: Duration,
 
+    /// `/readyz` fails (and `fakenode_watch_up` says which) while a watch of the
+    /// management cluster has kept failing this long.
+    #[arg(long, env = "FAKENODE_WATCH_DOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub watch_down_grace: Duration,
+
     /// Log format.
     #[arg(long, env = "FAKENODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -20,9 +20,9 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -37,11 +37,13 @@ use crate::http::Health;
 use crate::kubelet::{self, Kubelets};
 use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
 use crate::permissions;
-use crate::plan::{self, Lookup, Plan};
+use crate::plan::{self, Found, Lookup, Plan};
 use crate::resources::{
-    BareMetalHost, CLUSTER_NAME_LABEL, Cluster, Machine, Metal3Machine, PROVISIONED,
+    BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, Cluster, Machine, Metal3Machine, PROVISIONED,
 };
 use crate::shard::Shard;
+use crate::tolerant::{Tolerant, View};
+use crate::watch_health::{self, WatchHealth, WatchReporter};
 use crate::workload::{Settings, WorkloadClients};
 
 /// The controller name on Events and in logs.
@@ -67,6 +69,8 @@ pub struct Config {
     pub fidelity: Fidelity,
     /// The clusters this replica handles.
     pub shard: Shard,
+    /// `/readyz` fails while a watch of the management cluster has been down this long.
+    pub watch_down_grace: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             instance: None,
             fidelity: Fidelity::default(),
             shard: Shard::default(),
+            watch_down_grace: Duration::from_secs(15),
         }
     }
 }
@@ -120,7 +125,7 @@ struct Shared {
     max_retry_delay: Duration,
     started: Timestamp,
     /// Consecutive failures per Metal3Machine, for the retry backoff.
-    failures: Mutex<HashMap<ObjectRef<Metal3Machine>, usize>>,
+    failures: Mutex<HashMap<M3mRef, usize>>,
     /// Latency bookkeeping per Metal3Machine (`namespace/name`).
     timings: Mutex<HashMap<String, Timing>>,
 }
@@ -161,11 +166,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The reflector stores of one watch scope.
 #[derive(Clone)]
 pub struct Stores {
-    pub metal3_machines: Store<Metal3Machine>,
-    pub hosts: Store<BareMetalHost>,
-    pub machines: Store<Machine>,
-    pub clusters: Store<Cluster>,
-    pub secrets: Store<Secret>,
+    pub metal3_machines: Store<Tolerant<Metal3Machine>>,
+    pub hosts: Store<Tolerant<BareMetalHost>>,
+    pub machines: Store<Tolerant<Machine>>,
+    pub clusters: Store<Tolerant<Cluster>>,
+    pub secrets: Store<Tolerant<Secret>>,
     /// The watched namespace; `None`: all.
     namespace: Option<String>,
     /// One flag per watch, set once its first list is in the store. Not
@@ -194,17 +199,38 @@ impl Stores {
         self.metal3_machines
             .state()
             .iter()
+            .filter_map(|m| m.read().ok())
             .filter(|m| m.spec.provider_id.as_deref().is_none_or(str::is_empty))
             .filter(|m| {
                 plan::host_ref(m).ok().is_some_and(|(ns, name)| {
                     self.host(&ns, &name).is_some_and(|h| {
-                        h.status
-                            .as_ref()
-                            .is_some_and(|s| s.provisioning.state == PROVISIONED)
+                        h.read().is_ok_and(|h| {
+                            h.status
+                                .as_ref()
+                                .is_some_and(|s| s.provisioning.state == PROVISIONED)
+                        })
                     })
                 })
             })
             .count()
+    }
+
+    /// Objects kept as unreadable, by resource (plural), for the metric.
+    fn unreadable(&self) -> [(&'static str, usize); 5] {
+        fn count<K: Resource + Clone>(store: &Store<Tolerant<K>>) -> usize
+        where
+            Tolerant<K>: Resource,
+            <Tolerant<K> as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            store.state().iter().filter(|o| o.read().is_err()).count()
+        }
+        [
+            ("metal3machines", count(&self.metal3_machines)),
+            ("baremetalhosts", count(&self.hosts)),
+            ("machines", count(&self.machines)),
+            ("clusters", count(&self.clusters)),
+            ("secrets", count(&self.secrets)),
+        ]
     }
 }
 
@@ -217,16 +243,16 @@ where
 }
 
 impl Lookup for Stores {
-    fn host(&self, namespace: &str, name: &str) -> Option<Arc<BareMetalHost>> {
+    fn host(&self, namespace: &str, name: &str) -> Found<BareMetalHost> {
         get(&self.hosts, namespace, name)
     }
-    fn machine(&self, namespace: &str, name: &str) -> Option<Arc<Machine>> {
+    fn machine(&self, namespace: &str, name: &str) -> Found<Machine> {
         get(&self.machines, namespace, name)
     }
-    fn cluster(&self, namespace: &str, name: &str) -> Option<Arc<Cluster>> {
+    fn cluster(&self, namespace: &str, name: &str) -> Found<Cluster> {
         get(&self.clusters, namespace, name)
     }
-    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+    fn secret(&self, namespace: &str, name: &str) -> Found<Secret> {
         get(&self.secrets, namespace, name)
     }
 }
@@ -300,6 +326,7 @@ pub async fn run(
     };
     // Woken by every deletion the watches see: the cleanup's cue.
     let deleted = Arc::new(Notify::new());
+    let watch_health = Arc::new(WatchHealth::default());
     let mut scope_runs = Vec::new();
     let mut all_stores = Vec::new();
     for scope in scopes {
@@ -308,7 +335,10 @@ pub async fn run(
             scope,
             &config,
             shared.clone(),
-            deleted.clone(),
+            Watches {
+                deleted: deleted.clone(),
+                health: watch_health.clone(),
+            },
             stopped(),
         );
         all_stores.push(stores);
@@ -340,17 +370,51 @@ pub async fn run(
         let stores = all_stores.clone();
         // Weak: the hook outlives the controller, which must drop `shared` to stop.
         let shared = Arc::downgrade(&shared);
+        let watch_health = watch_health.clone();
         move || {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
             let pending: usize = stores.iter().map(Stores::pending).sum();
             shared.metrics.pending_machines.set(pending as i64);
+            let mut unreadable = std::collections::BTreeMap::<&str, usize>::new();
+            for (resource, n) in stores.iter().flat_map(Stores::unreadable) {
+                *unreadable.entry(resource).or_default() += n;
+            }
+            for (resource, n) in unreadable {
+                shared
+                    .metrics
+                    .unreadable_objects
+                    .with_label_values(&[resource])
+                    .set(n as i64);
+            }
+            for (resource, down) in watch_health.resources(std::time::Instant::now()) {
+                shared
+                    .metrics
+                    .watch_up
+                    .with_label_values(&[resource])
+                    .set(i64::from(!down));
+            }
             shared
                 .metrics
                 .workload_clients
                 .set(shared.workloads.len() as i64);
             shared.metrics.kubelets.set(shared.kubelets.len() as i64);
+        }
+    });
+    health.set_readiness_check({
+        let grace = config.watch_down_grace;
+        move || {
+            let down = watch_health.down_longer_than(grace, std::time::Instant::now());
+            if down.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "watches of the management cluster down for over {}s: {}",
+                    grace.as_secs(),
+                    down.join(", ")
+                ))
+            }
         }
     });
     let needed = permissions::required(&scope_names, config.fidelity.annotate_certificate_expiry);
@@ -428,29 +492,96 @@ async fn publish_events(
     }
 }
 
-/// A watch over one scope, tolerant of API errors (retried with kube's default backoff)
-/// and trimmed of what is never read (managedFields), so 10,000 objects stay small.
-fn watch<K>(
-    api: Api<K>,
+/// What every watch reports to.
+#[derive(Clone)]
+struct Watches {
+    /// Woken by every deletion (and re-list): the cleanup's cue.
+    deleted: Arc<Notify>,
+    health: Arc<WatchHealth>,
+}
+
+/// Unreadable objects already logged, by UID, with the resourceVersion logged: each
+/// version is said once. Bounded: when full it starts over (some are said again).
+#[derive(Default)]
+struct Logged(Mutex<HashMap<String, String>>);
+
+const LOGGED_MAX: usize = 4096;
+
+impl Logged {
+    /// Whether `obj` (unreadable) at its version is new to the log.
+    fn first_time(&self, key: String, version: String) -> bool {
+        let mut logged = lock(&self.0);
+        if logged.get(&key) == Some(&version) {
+            return false;
+        }
+        if logged.len() >= LOGGED_MAX {
+            logged.clear();
+        }
+        logged.insert(key, version);
+        true
+    }
+
+    fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+}
+
+/// The backoff of a failing watch: quick first retries, then at most every
+/// [`watch_health::BACKOFF_MAX`] (kube's default grows to 30 s, which would leave the
+/// controller blind that long after the management API server is back), starting over
+/// once the watch has been fine for a minute.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(watch_health::BACKOFF_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(builder.into(), Duration::from_secs(60))
+}
+
+/// A watch over one scope, tolerant of API errors (retried with a bounded backoff) and
+/// of objects its typed view cannot read (kept as unreadable, said once in the log), and
+/// trimmed of what is never read (managedFields), so 10,000 objects stay small.
+fn watch<V>(
+    api: Api<Tolerant<V>>,
     config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    trim: fn(&mut K),
+    writer: reflector::store::Writer<Tolerant<V>>,
+    trim: fn(&mut Tolerant<V>),
     synced: &mut Vec<tokio::sync::watch::Receiver<bool>>,
-    deleted: Option<Arc<Notify>>,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    watches: &Watches,
+    wake_cleanup: bool,
+) -> impl futures::Stream<Item = Result<Tolerant<V>, watcher::Error>> + Send + 'static
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    V: View + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (tx, rx) = tokio::sync::watch::channel(false);
     synced.push(rx);
+    let resource = plural::<V>();
+    let reporter: WatchReporter = watches.health.register(resource);
+    let deleted = wake_cleanup.then(|| watches.deleted.clone());
+    let logged = Logged::default();
     watcher(api, config)
-        .default_backoff()
+        .backoff(watch_backoff())
+        .inspect(move |result| match result {
+            Ok(_) => reporter.up(),
+            Err(e) => {
+                reporter.failed(std::time::Instant::now());
+                debug!(resource, error = %e, "watch failed; retrying");
+            }
+        })
         .modify(trim)
         .reflect(writer)
         .inspect_ok(move |event| {
-            if matches!(event, watcher::Event::InitDone) {
-                tx.send_replace(true);
+            match event {
+                watcher::Event::InitDone => {
+                    tx.send_replace(true);
+                }
+                watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                    report_unreadable(obj, resource, &logged);
+                }
+                watcher::Event::Delete(obj) => logged.forget(&identity(obj)),
+                watcher::Event::Init => {}
             }
             // A re-list (InitDone) may hide deletions the watch missed.
             if matches!(event, watcher::Event::Delete(_) | watcher::Event::InitDone)
@@ -462,6 +593,44 @@ where
         .applied_objects()
 }
 
+/// The resource's plural, a bounded label value.
+fn plural<V: View>() -> &'static str {
+    match V::plural(&()).as_ref() {
+        "metal3machines" => "metal3machines",
+        "baremetalhosts" => "baremetalhosts",
+        "machines" => "machines",
+        "clusters" => "clusters",
+        "secrets" => "secrets",
+        _ => "other",
+    }
+}
+
+fn identity<K: Resource>(obj: &K) -> String {
+    obj.meta()
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
+}
+
+/// Says once per version that an object cannot be read, with where and why; the
+/// Metal3Machines that need it say so again in their Events.
+fn report_unreadable<V: View>(obj: &Tolerant<V>, resource: &str, logged: &Logged) {
+    let Tolerant::Unreadable(u) = obj else {
+        return;
+    };
+    let version = obj.resource_version().unwrap_or_default();
+    if logged.first_time(identity(obj), version) {
+        warn!(
+            resource,
+            namespace = obj.namespace().unwrap_or_default(),
+            name = obj.name_any(),
+            field = %u.problem.path,
+            problem = %u.problem.message,
+            "cannot read this object: kept as unreadable, every other object is unaffected"
+        );
+    }
+}
+
 fn trim_meta<K: ResourceExt>(obj: &mut K) {
     obj.managed_fields_mut().clear();
     obj.annotations_mut()
@@ -470,9 +639,11 @@ fn trim_meta<K: ResourceExt>(obj: &mut K) {
 
 /// Other CAPI Secrets carry the cluster-name label too (CA, etcd, bootstrap data); only
 /// the kubeconfig's data is kept in memory.
-fn trim_secret(secret: &mut Secret) {
+fn trim_secret(secret: &mut Tolerant<Secret>) {
     trim_meta(secret);
-    if !secret.name_any().ends_with("-kubeconfig") {
+    if let Tolerant::Read(secret) = secret
+        && !secret.name_any().ends_with("-kubeconfig")
+    {
         secret.data = None;
         secret.string_data = None;
     }
@@ -483,7 +654,7 @@ fn scope_controller<S>(
     scope: Option<String>,
     config: &Config,
     shared: Arc<Shared>,
-    deleted: Arc<Notify>,
+    watches: Watches,
     stopped: S,
 ) -> (Stores, impl Future<Output = ()> + Send + use<S>)
 where
@@ -515,7 +686,8 @@ where
         m3m_writer,
         trim_meta,
         &mut synced,
-        Some(deleted.clone()),
+        &watches,
+        true,
     );
     let host_stream = watch(
         api(client, &scope),
@@ -523,7 +695,8 @@ where
         host_writer,
         trim_meta,
         &mut synced,
-        None,
+        &watches,
+        false,
     );
     let machine_stream = watch(
         api(client, &scope),
@@ -531,7 +704,8 @@ where
         machine_writer,
         trim_meta,
         &mut synced,
-        Some(deleted.clone()),
+        &watches,
+        true,
     );
     let cluster_stream = watch(
         api(client, &scope),
@@ -539,7 +713,8 @@ where
         cluster_writer,
         trim_meta,
         &mut synced,
-        Some(deleted.clone()),
+        &watches,
+        true,
     );
     // Only Secrets CAPI labels with a cluster name: unrelated Secrets are never cached.
     let secret_stream = watch(
@@ -548,7 +723,8 @@ where
         secret_writer,
         trim_secret,
         &mut synced,
-        Some(deleted),
+        &watches,
+        true,
     );
     let stores = Stores {
         metal3_machines: metal3_machines.clone(),
@@ -564,32 +740,40 @@ where
         shared,
         stores: stores.clone(),
     });
-    let for_secret = machines.clone();
-    let for_cluster = machines;
+    let mappers = Mappers {
+        metal3_machines: metal3_machines.clone(),
+        machines,
+    };
+    let (for_host, for_machine, for_secret, for_cluster) =
+        (mappers.clone(), mappers.clone(), mappers.clone(), mappers);
     let run = Controller::for_stream(m3m_stream, metal3_machines)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .watches_stream(host_stream, move |host| {
-            let consumer = consumer_of(&host);
-            if let Some(m3m) = &consumer
+            let consumers = for_host.consumers_of(&host);
+            if let Tolerant::Read(host) = &host
                 && host
                     .status
                     .as_ref()
                     .is_some_and(|s| s.provisioning.state == PROVISIONED)
             {
-                clock.saw_need(timing_key(m3m.namespace.as_deref(), &m3m.name));
+                for m3m in &consumers {
+                    clock.saw_need(timing_key(m3m.namespace.as_deref(), &m3m.name));
+                }
             }
-            consumer
+            consumers
         })
-        .watches_stream(machine_stream, |machine| infrastructure_of(&machine))
+        .watches_stream(machine_stream, move |machine| {
+            for_machine.infrastructure_of(&machine)
+        })
         .watches_stream(secret_stream, move |secret| {
             let cluster = secret.labels().get(CLUSTER_NAME_LABEL).cloned();
             match (secret.namespace(), cluster) {
-                (Some(ns), Some(cluster)) => machines_of_cluster(&for_secret, &ns, &cluster),
+                (Some(ns), Some(cluster)) => for_secret.machines_of_cluster(&ns, &cluster),
                 _ => Vec::new(),
             }
         })
         .watches_stream(cluster_stream, move |cluster| match cluster.namespace() {
-            Some(ns) => machines_of_cluster(&for_cluster, &ns, &cluster.name_any()),
+            Some(ns) => for_cluster.machines_of_cluster(&ns, &cluster.name_any()),
             None => Vec::new(),
         })
         .graceful_shutdown_on(stopped)
@@ -605,8 +789,78 @@ where
     (stores, run)
 }
 
-/// A host change concerns the Metal3Machine that consumes it.
-fn consumer_of(host: &BareMetalHost) -> Option<ObjectRef<Metal3Machine>> {
+type M3mRef = ObjectRef<Tolerant<Metal3Machine>>;
+
+/// Which Metal3Machines a change of another object concerns. An object that cannot be
+/// read still names its Metal3Machines: through what they say of it (their host
+/// annotation, their owner), so that they report it, and are looked at again once it is
+/// readable.
+#[derive(Clone)]
+struct Mappers {
+    metal3_machines: Store<Tolerant<Metal3Machine>>,
+    machines: Store<Tolerant<Machine>>,
+}
+
+impl Mappers {
+    /// A host change concerns the Metal3Machine that consumes it.
+    fn consumers_of(&self, host: &Tolerant<BareMetalHost>) -> Vec<M3mRef> {
+        match host {
+            Tolerant::Read(host) => consumer_of(host).into_iter().collect(),
+            Tolerant::Unreadable(_) => {
+                let (Some(ns), name) = (host.namespace(), host.name_any()) else {
+                    return Vec::new();
+                };
+                let annotation = format!("{ns}/{name}");
+                self.metal3_machines_where(&ns, |m| {
+                    m.annotations().get(BMH_ANNOTATION) == Some(&annotation)
+                })
+            }
+        }
+    }
+
+    /// A Machine change (e.g. its cluster label) concerns its Metal3Machine.
+    fn infrastructure_of(&self, machine: &Tolerant<Machine>) -> Vec<M3mRef> {
+        match machine {
+            Tolerant::Read(machine) => infrastructure_of(machine).into_iter().collect(),
+            Tolerant::Unreadable(_) => {
+                let (Some(ns), name) = (machine.namespace(), machine.name_any()) else {
+                    return Vec::new();
+                };
+                self.metal3_machines_where(&ns, |m| {
+                    m.read()
+                        .is_ok_and(|m| plan::owner_machine(m) == Some(name.as_str()))
+                })
+            }
+        }
+    }
+
+    /// A kubeconfig Secret or Cluster change concerns every Metal3Machine of that cluster.
+    fn machines_of_cluster(&self, namespace: &str, cluster: &str) -> Vec<M3mRef> {
+        self.machines
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(namespace))
+            .filter(|m| m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str) == Some(cluster))
+            .flat_map(|m| self.infrastructure_of(m))
+            .collect()
+    }
+
+    fn metal3_machines_where(
+        &self,
+        namespace: &str,
+        wanted: impl Fn(&Tolerant<Metal3Machine>) -> bool,
+    ) -> Vec<M3mRef> {
+        self.metal3_machines
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(namespace) && wanted(m))
+            .map(|m| ObjectRef::from(m.as_ref()))
+            .collect()
+    }
+}
+
+/// The Metal3Machine a readable host's consumerRef names.
+fn consumer_of(host: &BareMetalHost) -> Option<M3mRef> {
     let consumer = host.spec.consumer_ref.as_ref()?;
     if consumer.kind.as_deref() != Some("Metal3Machine") {
         return None;
@@ -615,8 +869,8 @@ fn consumer_of(host: &BareMetalHost) -> Option<ObjectRef<Metal3Machine>> {
     Some(ObjectRef::new(consumer.name.as_deref()?).within(&namespace))
 }
 
-/// A Machine change (e.g. its cluster label) concerns its Metal3Machine.
-fn infrastructure_of(machine: &Machine) -> Option<ObjectRef<Metal3Machine>> {
+/// The Metal3Machine a readable Machine's infrastructureRef names.
+fn infrastructure_of(machine: &Machine) -> Option<M3mRef> {
     let infra = &machine.spec.infrastructure_ref;
     if infra.kind != "Metal3Machine" || infra.name.is_empty() {
         return None;
@@ -624,39 +878,29 @@ fn infrastructure_of(machine: &Machine) -> Option<ObjectRef<Metal3Machine>> {
     Some(ObjectRef::new(&infra.name).within(&machine.namespace()?))
 }
 
-/// A kubeconfig Secret or Cluster change concerns every Metal3Machine of that cluster.
-fn machines_of_cluster(
-    machines: &Store<Machine>,
-    namespace: &str,
-    cluster: &str,
-) -> Vec<ObjectRef<Metal3Machine>> {
-    machines
-        .state()
-        .iter()
-        .filter(|m| m.namespace().as_deref() == Some(namespace))
-        .filter(|m| m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str) == Some(cluster))
-        .filter_map(|m| infrastructure_of(m))
-        .collect()
-}
-
-async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(obj: Arc<Tolerant<Metal3Machine>>, ctx: Arc<Context>) -> Result<Action, Error> {
     // The controller starts once the Metal3Machine store is ready; the lookups need the
     // others too, or a restart would report every host "not found".
     ctx.stores.wait_ready().await;
     // Another shard's Metal3Machine: not even a metric or a log line here.
     if !ctx.shared.shard.owns(
-        m3m.namespace().as_deref().unwrap_or_default(),
-        m3m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
+        obj.namespace().as_deref().unwrap_or_default(),
+        obj.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
     ) {
         return Ok(Action::await_change());
     }
     let span = info_span!(
         "reconcile",
-        namespace = m3m.namespace().unwrap_or_default(),
-        name = m3m.name_any()
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any()
     );
     let started = Instant::now();
-    let result = reconcile_one(&m3m, &ctx).instrument(span.clone()).await;
+    let result = match obj.read() {
+        Ok(m3m) => reconcile_one(m3m, &ctx).instrument(span.clone()).await,
+        Err(problem) => Err(Error::Metal3MachineUnreadable {
+            problem: problem.clone(),
+        }),
+    };
     let label = match &result {
         Ok((_, r)) => *r,
         Err(_) => ReconcileResult::Error,
@@ -669,7 +913,7 @@ async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Context>) -> Result<Action,
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok((action, _)) => {
-            lock(&shared.failures).remove(&ObjectRef::from(m3m.as_ref()));
+            lock(&shared.failures).remove(&ObjectRef::from(obj.as_ref()));
             Ok(action)
         }
         Err(err) => {
@@ -677,7 +921,7 @@ async fn reconcile(m3m: Arc<Metal3Machine>, ctx: Arc<Context>) -> Result<Action,
             warn!(parent: &span, reason = err.reason(), error = %err, "cannot give this Metal3Machine its Node");
             publish(
                 shared,
-                &m3m,
+                obj.object_ref(&()),
                 EventType::Warning,
                 err.event_reason(),
                 err.to_string(),
@@ -790,6 +1034,21 @@ async fn reconcile_one(
             if fidelity.static_pods
                 && let Some(facts) = StaticPodFacts::of_node(&desired.node)
             {
+                let unpostable = static_pods::unpostable(&facts, fidelity.stacked_etcd_pods);
+                if !unpostable.is_empty() {
+                    warn!(%node, pods = %unpostable.join(", "), "mirror Pods skipped: their names would exceed 253 characters");
+                    publish(
+                        shared,
+                        m3m.object_ref(&()),
+                        EventType::Warning,
+                        "MirrorPodNameInvalid".into(),
+                        format!(
+                            "the mirror Pods {} were skipped: their names would exceed 253 \
+                             characters (a kubelet fails them alone; the Node is registered)",
+                            unpostable.join(", ")
+                        ),
+                    );
+                }
                 let pods = static_pods::static_pods(&facts, fidelity.stacked_etcd_pods, &Time(now));
                 let created = apply::ensure_static_pods(&workload, &pods, metrics).await?;
                 metrics.static_pods_created.inc_by(created as u64);
@@ -830,15 +1089,22 @@ async fn reconcile_one(
                 metrics.node_creation_latency.observe(latency);
                 lock(&shared.timings).entry(key).or_default().node_created = Some(created);
                 info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
+                let mut note = format!(
+                    "created Ready Node {node} for host {} in workload cluster {}",
+                    desired.host, desired.cluster
+                );
+                if !desired.ignored.is_empty() {
+                    let ignored = desired.ignored.join("; ");
+                    warn!(%node, %ignored, "values that make no sense for a Node were ignored; defaults used");
+                    note.push_str("; ignored, defaults used: ");
+                    note.push_str(&ignored);
+                }
                 publish(
                     shared,
-                    m3m,
+                    m3m.object_ref(&()),
                     EventType::Normal,
                     "FakeNodeCreated".into(),
-                    format!(
-                        "created Ready Node {node} for host {} in workload cluster {}",
-                        desired.host, desired.cluster
-                    ),
+                    note,
                 );
             }
             Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
@@ -863,7 +1129,13 @@ pub fn needed_since(
 }
 
 /// Queues an Event about the Metal3Machine; drops it (counted) if the queue is full.
-fn publish(shared: &Shared, m3m: &Metal3Machine, type_: EventType, reason: String, note: String) {
+fn publish(
+    shared: &Shared,
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: String,
+    note: String,
+) {
     let event = Event {
         type_,
         reason,
@@ -872,18 +1144,18 @@ fn publish(shared: &Shared, m3m: &Metal3Machine, type_: EventType, reason: Strin
         action: "EnsureNode".into(),
         secondary: None,
     };
-    if shared
-        .events
-        .try_send((event, m3m.object_ref(&())))
-        .is_err()
-    {
+    if shared.events.try_send((event, regarding)).is_err() {
         shared.metrics.events_dropped.inc();
         debug!("Event queue full: Event dropped");
     }
 }
 
-fn error_policy(m3m: Arc<Metal3Machine>, _err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(m3m: Arc<Tolerant<Metal3Machine>>, err: &Error, ctx: Arc<Context>) -> Action {
     let shared = &ctx.shared;
+    if err.is_permanent() {
+        // The object at fault must change first; its change wakes this Metal3Machine.
+        return Action::await_change();
+    }
     let attempt = {
         let mut failures = lock(&shared.failures);
         let n = failures.entry(ObjectRef::from(m3m.as_ref())).or_insert(0);

@@ -2,6 +2,7 @@
 //! used alike as the metric label, the Kubernetes Event reason and the log field.
 
 use crate::resources::{BMH_ANNOTATION, CLUSTER_NAME_LABEL, UUID_LABEL};
+use crate::tolerant::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +62,25 @@ pub enum Error {
          expiry (RBAC: deploy/components/certificate-expiry): {message}"
     )]
     CertificateExpiryAnnotation { machine: String, message: String },
+    #[error("this Metal3Machine cannot be read ({problem}); fix or replace it")]
+    Metal3MachineUnreadable { problem: Problem },
+    #[error("BareMetalHost {host} cannot be read ({problem})")]
+    HostUnreadable { host: String, problem: Problem },
+    #[error("owning Machine {machine} cannot be read ({problem})")]
+    MachineUnreadable { machine: String, problem: Problem },
+    #[error("Cluster {cluster} cannot be read ({problem})")]
+    ClusterUnreadable { cluster: String, problem: Problem },
+    #[error("kubeconfig Secret {secret} cannot be read ({problem})")]
+    KubeconfigSecretUnreadable { secret: String, problem: Problem },
+    #[error(
+        "Machine {machine} cannot be a Node: {message}; a real kubelet would fail to \
+         register it too (retried when the Machine changes)"
+    )]
+    NodeNameInvalid { machine: String, message: String },
+    #[error(
+        "workload cluster {cluster}: rejected as invalid (retried when an input changes): {message}"
+    )]
+    WorkloadInvalid { cluster: String, message: String },
 }
 
 impl Error {
@@ -87,6 +107,13 @@ impl Error {
         "workload_request_failed",
         "node_conflict",
         "certificate_expiry_annotation_failed",
+        "metal3machine_unreadable",
+        "host_unreadable",
+        "machine_unreadable",
+        "cluster_unreadable",
+        "kubeconfig_secret_unreadable",
+        "node_name_invalid",
+        "workload_invalid",
     ];
 
     /// A bounded, snake_case label for metrics and logs.
@@ -113,7 +140,30 @@ impl Error {
             Error::WorkloadRequest { .. } => "workload_request_failed",
             Error::NodeConflict { .. } => "node_conflict",
             Error::CertificateExpiryAnnotation { .. } => "certificate_expiry_annotation_failed",
+            Error::Metal3MachineUnreadable { .. } => "metal3machine_unreadable",
+            Error::HostUnreadable { .. } => "host_unreadable",
+            Error::MachineUnreadable { .. } => "machine_unreadable",
+            Error::ClusterUnreadable { .. } => "cluster_unreadable",
+            Error::KubeconfigSecretUnreadable { .. } => "kubeconfig_secret_unreadable",
+            Error::NodeNameInvalid { .. } => "node_name_invalid",
+            Error::WorkloadInvalid { .. } => "workload_invalid",
         }
+    }
+
+    /// Whether retrying the same inputs cannot help: the error names an object that must
+    /// change first (and whose change wakes the Metal3Machine through the watches), so it
+    /// is not retried on a timer. No hot loop against a 422 or an unreadable object.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Error::Metal3MachineUnreadable { .. }
+                | Error::HostUnreadable { .. }
+                | Error::MachineUnreadable { .. }
+                | Error::ClusterUnreadable { .. }
+                | Error::KubeconfigSecretUnreadable { .. }
+                | Error::NodeNameInvalid { .. }
+                | Error::WorkloadInvalid { .. }
+        )
     }
 
     /// The same reason in the UpperCamelCase that Kubernetes Events use.
@@ -148,6 +198,10 @@ mod tests {
     #[test]
     fn reasons_lists_every_variant_once() {
         let s = String::new;
+        let p = || Problem {
+            path: s(),
+            message: s(),
+        };
         let all = [
             Error::MissingAnnotation,
             Error::MalformedAnnotation { value: s() },
@@ -206,6 +260,31 @@ mod tests {
             },
             Error::CertificateExpiryAnnotation {
                 machine: s(),
+                message: s(),
+            },
+            Error::Metal3MachineUnreadable { problem: p() },
+            Error::HostUnreadable {
+                host: s(),
+                problem: p(),
+            },
+            Error::MachineUnreadable {
+                machine: s(),
+                problem: p(),
+            },
+            Error::ClusterUnreadable {
+                cluster: s(),
+                problem: p(),
+            },
+            Error::KubeconfigSecretUnreadable {
+                secret: s(),
+                problem: p(),
+            },
+            Error::NodeNameInvalid {
+                machine: s(),
+                message: s(),
+            },
+            Error::WorkloadInvalid {
+                cluster: s(),
                 message: s(),
             },
         ];

@@ -14,6 +14,7 @@ use axum::routing::get;
 use crate::metrics::Metrics;
 
 type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+type ReadinessCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What the HTTP endpoints report on.
 pub struct Health {
@@ -21,6 +22,8 @@ pub struct Health {
     ready: AtomicBool,
     /// Brings gauges derived from the stores up to date just before a scrape.
     on_scrape: std::sync::Mutex<Option<ScrapeHook>>,
+    /// Once ready: what still makes the process not ready (e.g. watches that are down).
+    readiness_check: std::sync::Mutex<Option<ReadinessCheck>>,
 }
 
 impl Health {
@@ -29,6 +32,34 @@ impl Health {
             metrics,
             ready: AtomicBool::new(false),
             on_scrape: std::sync::Mutex::new(None),
+            readiness_check: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sets the readiness check, replacing the previous one (a new term, new watches).
+    pub fn set_readiness_check(
+        &self,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        *self
+            .readiness_check
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(check));
+    }
+
+    /// Ready, or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err("stores not synced yet".into());
+        }
+        match self
+            .readiness_check
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(check) => check(),
+            None => Ok(()),
         }
     }
 
@@ -81,10 +112,9 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    if health.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "stores not synced yet")
+    match health.readiness() {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

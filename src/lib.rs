@@ -23,4 +23,6 @@ pub mod resources;
 pub mod shard;
 pub mod simulate;
 pub mod telemetry;
+pub mod tolerant;
+pub mod watch_health;
 pub mod workload;

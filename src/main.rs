@@ -61,6 +61,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         kube_burst: args.kube_burst,
         workload: args.workload_settings(),
         max_retry_delay: args.max_retry_delay,
+        watch_down_grace: args.watch_down_grace,
         instance: std::env::var("POD_NAME").ok(),
         fidelity: args.fidelity(),
         shard,

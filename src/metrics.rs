@@ -59,7 +59,20 @@ pub struct Metrics {
     pub kubelets: IntGauge,
     pub heartbeats: IntCounterVec,
     pub faults_injected: IntCounterVec,
+    /// Objects of the management cluster kept as unreadable, by resource.
+    pub unreadable_objects: IntGaugeVec,
+    /// 1 while every watch of a resource is up, by resource.
+    pub watch_up: IntGaugeVec,
 }
+
+/// The values of the `resource` label: the kinds the controller watches.
+pub const WATCHED_RESOURCES: &[&str] = &[
+    "baremetalhosts",
+    "clusters",
+    "machines",
+    "metal3machines",
+    "secrets",
+];
 
 /// The values of `fakenode_heartbeats_total{result}`.
 pub const HEARTBEAT_RESULTS: &[&str] = &["posted", "failed", "skipped"];
@@ -180,6 +193,23 @@ impl Metrics {
                 ),
                 &["fault"],
             )?,
+            unreadable_objects: IntGaugeVec::new(
+                Opts::new(
+                    "fakenode_unreadable_objects",
+                    "Objects of the management cluster whose fields this controller's typed \
+                     views cannot read (kept as unreadable; logged once per version), by \
+                     resource.",
+                ),
+                &["resource"],
+            )?,
+            watch_up: IntGaugeVec::new(
+                Opts::new(
+                    "fakenode_watch_up",
+                    "1 while the watches of this resource in the management cluster are \
+                     up, 0 while one of them keeps failing.",
+                ),
+                &["resource"],
+            )?,
             registry,
         };
         metrics.register()?;
@@ -206,6 +236,8 @@ impl Metrics {
         r.register(Box::new(self.kubelets.clone()))?;
         r.register(Box::new(self.heartbeats.clone()))?;
         r.register(Box::new(self.faults_injected.clone()))?;
+        r.register(Box::new(self.unreadable_objects.clone()))?;
+        r.register(Box::new(self.watch_up.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "fakenode_build_info",
@@ -230,6 +262,11 @@ impl Metrics {
         }
         for fault in FAULTS {
             self.faults_injected.with_label_values(&[fault]);
+        }
+        for resource in WATCHED_RESOURCES {
+            self.unreadable_objects
+                .with_label_values(&[resource])
+                .set(0);
         }
         Ok(())
     }

@@ -10,21 +10,26 @@ use kube::ResourceExt;
 
 use crate::error::Error;
 use crate::fake::kubeadm_config::{self, ClusterFacts};
+use crate::fake::names::{is_label_value, node_name_problem};
 use crate::fake::node::{self, Hardware, NodeFacts};
 use crate::resources::{
     BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, Cluster, Machine,
     Metal3Machine, PROVISIONED,
 };
+use crate::tolerant::Tolerant;
 
 /// The kubelet version a Node reports when its Machine names none.
 const UNKNOWN_VERSION: &str = "v0.0.0";
 
+/// What a lookup finds: nothing, or the object, readable or not.
+pub type Found<K> = Option<std::sync::Arc<Tolerant<K>>>;
+
 /// Read access to what the management cluster holds, by namespace and name.
 pub trait Lookup {
-    fn host(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<BareMetalHost>>;
-    fn machine(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Machine>>;
-    fn cluster(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Cluster>>;
-    fn secret(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Secret>>;
+    fn host(&self, namespace: &str, name: &str) -> Found<BareMetalHost>;
+    fn machine(&self, namespace: &str, name: &str) -> Found<Machine>;
+    fn cluster(&self, namespace: &str, name: &str) -> Found<Cluster>;
+    fn secret(&self, namespace: &str, name: &str) -> Found<Secret>;
 }
 
 /// A workload cluster: the namespace and name of its CAPI Cluster.
@@ -60,6 +65,9 @@ pub struct Desired {
     pub host: String,
     /// When the host finished provisioning, by the baremetal-operator's clock, if it says.
     pub provisioned_at: Option<Time>,
+    /// Values of the host, Machine or Metal3Machine that make no sense for a Node and were
+    /// ignored for the defaults (said once, in the Event of the Node's creation).
+    pub ignored: Vec<String>,
 }
 
 /// What a Metal3Machine needs now.
@@ -145,7 +153,11 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
         .ok_or_else(|| Error::HostNotFound {
             host: host_id.clone(),
         })?;
-    if let Some(consumer) = other_consumer(&host, m3m) {
+    let host = host.read().map_err(|problem| Error::HostUnreadable {
+        host: host_id.clone(),
+        problem: problem.clone(),
+    })?;
+    if let Some(consumer) = other_consumer(host, m3m) {
         return Err(Error::HostConsumedByOther {
             host: host_id,
             consumer,
@@ -170,6 +182,16 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
             .ok_or_else(|| Error::MachineNotFound {
                 machine: machine_id.clone(),
             })?;
+    let machine = machine.read().map_err(|problem| Error::MachineUnreadable {
+        machine: machine_id.clone(),
+        problem: problem.clone(),
+    })?;
+    if let Some(message) = node_name_problem(machine_name) {
+        return Err(Error::NodeNameInvalid {
+            machine: machine_id,
+            message,
+        });
+    }
     let cluster_name = machine
         .labels()
         .get(CLUSTER_NAME_LABEL)
@@ -179,17 +201,23 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
         })?
         .clone();
     let control_plane = machine.labels().contains_key(CONTROL_PLANE_LABEL);
-    let version = machine.spec.version.as_deref().unwrap_or(UNKNOWN_VERSION);
+    let mut ignored = Vec::new();
+    let version = kubelet_version(machine.spec.version.as_deref(), &mut ignored);
 
     let kubeadm_config = if control_plane {
+        let cluster_id = format!("{namespace}/{cluster_name}");
         let cluster =
             lookup
                 .cluster(&namespace, &cluster_name)
                 .ok_or_else(|| Error::ClusterNotFound {
-                    cluster: format!("{namespace}/{cluster_name}"),
+                    cluster: cluster_id.clone(),
                 })?;
+        let cluster = cluster.read().map_err(|problem| Error::ClusterUnreadable {
+            cluster: cluster_id,
+            problem: problem.clone(),
+        })?;
         Some(kubeadm_config::kubeadm_config(&cluster_facts(
-            &cluster, version,
+            cluster, version,
         )))
     } else {
         None
@@ -197,19 +225,14 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
 
     let kubeconfig = kubeconfig_source(lookup, &namespace, &cluster_name)?;
 
-    let machine_ip = m3m.status.as_ref().and_then(|s| {
-        s.addresses
-            .iter()
-            .find(|a| a.type_ == "InternalIP" && !a.address.is_empty())
-            .map(|a| a.address.as_str())
-    });
+    let machine_ip = machine_ip(m3m, &mut ignored);
     let facts = NodeFacts::new(
         machine_name,
         &host_uid,
         control_plane,
         version,
         machine_ip,
-        &hardware(&host),
+        &hardware(host, &mut ignored),
     );
     let mut node = node::node(&facts, now);
     node::label_cluster(&mut node, &namespace, &cluster_name);
@@ -223,7 +246,52 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
         kubeadm_config,
         host: host_id,
         provisioned_at: status.operation_history.provision.end,
+        ignored,
     })))
+}
+
+/// The Machine's version as a kubelet would report it; one no kubelet could report (no
+/// image tag, no version string: blank, spaced or huge) is ignored.
+fn kubelet_version<'a>(version: Option<&'a str>, ignored: &mut Vec<String>) -> &'a str {
+    let Some(version) = version else {
+        return UNKNOWN_VERSION;
+    };
+    let sane = !version.is_empty()
+        && version.len() <= 128
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'_'));
+    if sane {
+        version
+    } else {
+        ignored.push(format!(
+            "Machine spec.version {:?} (used {UNKNOWN_VERSION})",
+            crate::tolerant::bounded(version.to_string(), 64)
+        ));
+        UNKNOWN_VERSION
+    }
+}
+
+/// The Metal3Machine's first InternalIP that is an IP address.
+fn machine_ip<'a>(m3m: &'a Metal3Machine, ignored: &mut Vec<String>) -> Option<&'a str> {
+    let addresses = m3m.status.as_ref().map(|s| s.addresses.as_slice())?;
+    let internal = addresses
+        .iter()
+        .filter(|a| a.type_ == "InternalIP" && !a.address.is_empty());
+    for a in internal {
+        if is_ip(&a.address) {
+            return Some(&a.address);
+        }
+        ignored.push(format!(
+            "Metal3Machine InternalIP {:?} (not an IP address)",
+            crate::tolerant::bounded(a.address.clone(), 64)
+        ));
+    }
+    None
+}
+
+fn is_ip(text: &str) -> bool {
+    text.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// The kubeconfig of a workload cluster: its CAPI Secret `<cluster>-kubeconfig`, key
@@ -241,6 +309,12 @@ pub fn kubeconfig_source(
             .ok_or_else(|| Error::KubeconfigSecretMissing {
                 secret: secret_id.clone(),
             })?;
+    let secret = secret
+        .read()
+        .map_err(|problem| Error::KubeconfigSecretUnreadable {
+            secret: secret_id.clone(),
+            problem: problem.clone(),
+        })?;
     let value = secret
         .data
         .as_ref()
@@ -256,22 +330,70 @@ pub fn kubeconfig_source(
     })
 }
 
-fn hardware(host: &BareMetalHost) -> Hardware {
+/// Sane bounds of what inspection reports: beyond them a value is a mistake (a sign bit,
+/// a unit mix-up), not a machine, and a Node with it could be refused or mislead.
+const MAX_CPUS: i64 = 16_384;
+/// 64 TiB.
+const MAX_MEMORY_MIB: i64 = 64 << 20;
+/// 1 EiB.
+const MAX_DISK_BYTES: i64 = 1 << 60;
+
+/// The host's inspected hardware, without the values that make no sense (each said in
+/// `ignored`; the Node then gets the defaults, as without inspection). Zero and absent
+/// mean "not inspected" and are not mentioned.
+fn hardware(host: &BareMetalHost, ignored: &mut Vec<String>) -> Hardware {
     let Some(hw) = host.status.as_ref().and_then(|s| s.hardware.as_ref()) else {
         return Hardware::default();
     };
+    let mut within = |field: &str, value: i64, max: i64| -> Option<i64> {
+        match value {
+            0 => None,
+            v if (1..=max).contains(&v) => Some(v),
+            v => {
+                ignored.push(format!("status.hardware.{field}={v} (outside 1..={max})"));
+                None
+            }
+        }
+    };
+    let cpus = within("cpu.count", hw.cpu.count, MAX_CPUS).and_then(|c| u32::try_from(c).ok());
+    let memory_mib = within("ramMebibytes", hw.ram_mebibytes, MAX_MEMORY_MIB)
+        .and_then(|m| u64::try_from(m).ok());
+    // The root disk is what a kubelet reports as ephemeral storage; inspection lists
+    // the disks in the order the host sees them.
+    let disk_bytes = hw
+        .storage
+        .first()
+        .and_then(|s| within("storage[0].sizeBytes", s.size_bytes, MAX_DISK_BYTES))
+        .and_then(|d| u64::try_from(d).ok());
+    let mut ip = None;
+    for nic in hw.nics.iter().filter(|n| !n.ip.is_empty()) {
+        if is_ip(&nic.ip) {
+            ip = Some(nic.ip.clone());
+            break;
+        }
+        ignored.push(format!(
+            "status.hardware.nics ip {:?} (not an IP address)",
+            crate::tolerant::bounded(nic.ip.clone(), 64)
+        ));
+    }
+    let arch = Some(hw.cpu.arch.clone())
+        .filter(|a| !a.is_empty())
+        .filter(|a| {
+            let ok = is_label_value(&node::kubernetes_arch(Some(a)));
+            if !ok {
+                ignored.push(format!(
+                    "status.hardware.cpu.arch {:?} (not a label value)",
+                    crate::tolerant::bounded(a.clone(), 64)
+                ));
+            }
+            ok
+        });
     Hardware {
-        arch: Some(hw.cpu.arch.clone()).filter(|a| !a.is_empty()),
-        cpus: Some(hw.cpu.count),
-        memory_mib: Some(hw.ram_mebibytes),
-        // The root disk is what a kubelet reports as ephemeral storage; inspection lists
-        // the disks in the order the host sees them.
-        disk_bytes: hw.storage.first().map(|s| s.size_bytes),
-        ip: hw
-            .nics
-            .iter()
-            .map(|n| n.ip.clone())
-            .find(|ip| !ip.is_empty()),
+        arch,
+        cpus,
+        memory_mib,
+        disk_bytes,
+        ip,
     }
 }
 
@@ -307,12 +429,26 @@ mod tests {
     use super::*;
     use crate::resources::UUID_LABEL;
 
+    type Objects<K> = HashMap<(String, String), Arc<Tolerant<K>>>;
+
     #[derive(Default)]
     struct World {
-        hosts: HashMap<(String, String), Arc<BareMetalHost>>,
-        machines: HashMap<(String, String), Arc<Machine>>,
-        clusters: HashMap<(String, String), Arc<Cluster>>,
-        secrets: HashMap<(String, String), Arc<Secret>>,
+        hosts: Objects<BareMetalHost>,
+        machines: Objects<Machine>,
+        clusters: Objects<Cluster>,
+        secrets: Objects<Secret>,
+    }
+
+    /// The typed view of a test object, to change it.
+    fn read_mut<K: Clone>(t: &mut Arc<Tolerant<K>>) -> &mut K {
+        match Arc::make_mut(t) {
+            Tolerant::Read(k) => k,
+            Tolerant::Unreadable(_) => panic!("unreadable"),
+        }
+    }
+
+    fn read<K>(k: K) -> Arc<Tolerant<K>> {
+        Arc::new(Tolerant::Read(k))
     }
 
     fn key(ns: &str, name: &str) -> (String, String) {
@@ -320,16 +456,16 @@ mod tests {
     }
 
     impl Lookup for World {
-        fn host(&self, ns: &str, name: &str) -> Option<Arc<BareMetalHost>> {
+        fn host(&self, ns: &str, name: &str) -> Found<BareMetalHost> {
             self.hosts.get(&key(ns, name)).cloned()
         }
-        fn machine(&self, ns: &str, name: &str) -> Option<Arc<Machine>> {
+        fn machine(&self, ns: &str, name: &str) -> Found<Machine> {
             self.machines.get(&key(ns, name)).cloned()
         }
-        fn cluster(&self, ns: &str, name: &str) -> Option<Arc<Cluster>> {
+        fn cluster(&self, ns: &str, name: &str) -> Found<Cluster> {
             self.clusters.get(&key(ns, name)).cloned()
         }
-        fn secret(&self, ns: &str, name: &str) -> Option<Arc<Secret>> {
+        fn secret(&self, ns: &str, name: &str) -> Found<Secret> {
             self.secrets.get(&key(ns, name)).cloned()
         }
     }
@@ -392,12 +528,12 @@ mod tests {
             ..Default::default()
         };
         let mut w = World::default();
-        w.hosts.insert(key("metal3", "node-0"), Arc::new(host));
+        w.hosts.insert(key("metal3", "node-0"), read(host));
         w.machines
-            .insert(key("metal3", "test1-cp-abcde"), Arc::new(machine));
-        w.clusters.insert(key("metal3", "test1"), Arc::new(cluster));
+            .insert(key("metal3", "test1-cp-abcde"), read(machine));
+        w.clusters.insert(key("metal3", "test1"), read(cluster));
         w.secrets
-            .insert(key("metal3", "test1-kubeconfig"), Arc::new(secret));
+            .insert(key("metal3", "test1-kubeconfig"), read(secret));
         (w, m3m)
     }
 
@@ -458,7 +594,7 @@ mod tests {
             .machines
             .get_mut(&key("metal3", "test1-cp-abcde"))
             .unwrap();
-        Arc::make_mut(machine)
+        read_mut(machine)
             .metadata
             .labels
             .as_mut()
@@ -490,12 +626,7 @@ mod tests {
     fn an_unprovisioned_host_is_a_wait_not_an_error() {
         let (mut w, m3m) = world();
         let host = w.hosts.get_mut(&key("metal3", "node-0")).unwrap();
-        Arc::make_mut(host)
-            .status
-            .as_mut()
-            .unwrap()
-            .provisioning
-            .state = "provisioning".into();
+        read_mut(host).status.as_mut().unwrap().provisioning.state = "provisioning".into();
         match plan(&m3m, &w, &now()).unwrap() {
             Plan::WaitForHost { host, state } => {
                 assert_eq!(
@@ -533,7 +664,7 @@ mod tests {
     fn a_host_consumed_by_another_machine_is_refused() {
         let (mut w, m3m) = world();
         let host = w.hosts.get_mut(&key("metal3", "node-0")).unwrap();
-        Arc::make_mut(host).spec.consumer_ref = Some(ObjectReference {
+        read_mut(host).spec.consumer_ref = Some(ObjectReference {
             kind: Some("Metal3Machine".into()),
             name: Some("someone-else".into()),
             namespace: Some("metal3".into()),
@@ -562,7 +693,7 @@ mod tests {
 
         let machine = w.machines.remove(&key("metal3", "test1-cp-abcde")).unwrap();
         assert_eq!(error(&w, &m3m).reason(), "machine_not_found");
-        let mut unlabelled = (*machine).clone();
+        let mut unlabelled = machine.read().unwrap().clone();
         unlabelled
             .metadata
             .labels
@@ -570,7 +701,7 @@ mod tests {
             .unwrap()
             .remove(CLUSTER_NAME_LABEL);
         w.machines
-            .insert(key("metal3", "test1-cp-abcde"), Arc::new(unlabelled));
+            .insert(key("metal3", "test1-cp-abcde"), read(unlabelled));
         assert_eq!(error(&w, &m3m).reason(), "no_cluster_label");
         w.machines.insert(key("metal3", "test1-cp-abcde"), machine);
 
@@ -586,17 +717,356 @@ mod tests {
             .remove(&key("metal3", "test1-kubeconfig"))
             .unwrap();
         assert_eq!(error(&w, &m3m).reason(), "kubeconfig_secret_missing");
-        let mut empty = (*secret).clone();
+        let mut empty = secret.read().unwrap().clone();
         empty.data = Some(BTreeMap::from([(
             "other".to_string(),
             ByteString(b"x".to_vec()),
         )]));
         w.secrets
-            .insert(key("metal3", "test1-kubeconfig"), Arc::new(empty.clone()));
+            .insert(key("metal3", "test1-kubeconfig"), read(empty.clone()));
         assert_eq!(error(&w, &m3m).reason(), "kubeconfig_secret_no_value");
         empty.data = Some(BTreeMap::from([("value".to_string(), ByteString(vec![]))]));
         w.secrets
-            .insert(key("metal3", "test1-kubeconfig"), Arc::new(empty));
+            .insert(key("metal3", "test1-kubeconfig"), read(empty));
         assert_eq!(error(&w, &m3m).reason(), "kubeconfig_secret_no_value");
+    }
+
+    fn unreadable<K>(name: &str, path: &str) -> Arc<Tolerant<K>> {
+        Arc::new(Tolerant::Unreadable(Box::new(
+            crate::tolerant::Unreadable {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("metal3".into()),
+                    ..Default::default()
+                },
+                problem: crate::tolerant::Problem {
+                    path: path.into(),
+                    message: "invalid value".into(),
+                },
+            },
+        )))
+    }
+
+    #[test]
+    fn an_unreadable_object_is_its_own_typed_reason() {
+        let (w0, m3m) = world();
+        let mut w = world().0;
+        w.hosts
+            .insert(key("metal3", "node-0"), unreadable("node-0", "status"));
+        let e = error(&w, &m3m);
+        assert_eq!(e.reason(), "host_unreadable");
+        assert!(e.to_string().contains("metal3/node-0"), "{e}");
+        assert!(e.to_string().contains("field status"), "{e}");
+        let mut w = world().0;
+        w.machines.insert(
+            key("metal3", "test1-cp-abcde"),
+            unreadable("test1-cp-abcde", "spec.version"),
+        );
+        assert_eq!(error(&w, &m3m).reason(), "machine_unreadable");
+        let mut w = world().0;
+        w.clusters.insert(
+            key("metal3", "test1"),
+            unreadable("test1", "spec.controlPlaneEndpoint.port"),
+        );
+        assert_eq!(error(&w, &m3m).reason(), "cluster_unreadable");
+        let mut w = world().0;
+        w.secrets.insert(
+            key("metal3", "test1-kubeconfig"),
+            unreadable("test1-kubeconfig", "data.value"),
+        );
+        assert_eq!(error(&w, &m3m).reason(), "kubeconfig_secret_unreadable");
+        // Every one of them waits for the object to change, not for a timer.
+        assert!(error(&w, &m3m).is_permanent());
+        assert!(matches!(plan(&m3m, &w0, &now()), Ok(Plan::Ensure(_))));
+    }
+
+    #[test]
+    fn a_machine_name_no_kubelet_could_register_is_refused_before_any_request() {
+        let (mut w, mut m3m) = world();
+        for name in [
+            "m".repeat(70),
+            format!("{}.{}", "a".repeat(116), "b".repeat(116)),
+        ] {
+            let mut machine = w.machines[&key("metal3", "test1-cp-abcde")]
+                .read()
+                .unwrap()
+                .clone();
+            machine.metadata.name = Some(name.clone());
+            w.machines.insert(key("metal3", &name), read(machine));
+            m3m.metadata.owner_references.as_mut().unwrap()[0].name = name.clone();
+            let e = error(&w, &m3m);
+            assert_eq!(e.reason(), "node_name_invalid", "{e}");
+            assert!(e.is_permanent());
+            assert!(
+                e.to_string()
+                    .contains(&format!("{} characters", name.len())),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_that_make_no_sense_are_ignored_and_said() {
+        let (mut w, mut m3m) = world();
+        let host = read_mut(w.hosts.get_mut(&key("metal3", "node-0")).unwrap());
+        let hw = host.status.as_mut().unwrap().hardware.as_mut().unwrap();
+        hw.cpu.count = -4;
+        hw.ram_mebibytes = i64::MAX;
+        hw.storage[0].size_bytes = -1;
+        hw.nics = vec![
+            crate::resources::Nic {
+                ip: "not-an-ip".into(),
+            },
+            crate::resources::Nic {
+                ip: "10.1.2.3".into(),
+            },
+        ];
+        hw.cpu.arch = "x86 64 (weird)".into();
+        let machine = read_mut(
+            w.machines
+                .get_mut(&key("metal3", "test1-cp-abcde"))
+                .unwrap(),
+        );
+        machine.spec.version = Some("v1.34.1 oops".into());
+        m3m.status.as_mut().unwrap().addresses[0].address = "192.168.111.300".into();
+        let d = ensure(&w, &m3m);
+        let status = d.node.status.as_ref().unwrap();
+        let capacity = status.capacity.as_ref().unwrap();
+        assert_eq!(capacity["cpu"].0, "4", "the default");
+        assert_eq!(capacity["memory"].0, format!("{}Ki", 16 * 1024 * 1024));
+        assert_eq!(
+            status.addresses.as_ref().unwrap()[0].address,
+            "10.1.2.3",
+            "the first address that is one"
+        );
+        let labels = d.node.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["kubernetes.io/arch"], "amd64");
+        assert_eq!(
+            status.node_info.as_ref().unwrap().kubelet_version,
+            UNKNOWN_VERSION
+        );
+        let said = d.ignored.join("\n");
+        for part in [
+            "cpu.count=-4",
+            "ramMebibytes=9223372036854775807",
+            "sizeBytes=-1",
+            "\"not-an-ip\"",
+            "x86 64 (weird)",
+            "v1.34.1 oops",
+            "192.168.111.300",
+        ] {
+            assert!(said.contains(part), "{part} not in {said}");
+        }
+        // Nothing to say about sane values.
+        let (w, m3m) = world();
+        assert!(ensure(&w, &m3m).ignored.is_empty());
+    }
+
+    /// The API server's rules for a Node, as far as the builders can break them.
+    pub(crate) fn node_problems(node: &Node) -> Vec<String> {
+        use crate::fake::names::{is_dns_subdomain, is_label_value};
+        let mut problems = Vec::new();
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if !is_dns_subdomain(&name) {
+            problems.push(format!("name {name:?}"));
+        }
+        let qualified = |key: &str| {
+            let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+            (prefix.is_empty() || is_dns_subdomain(prefix))
+                && !name.is_empty()
+                && is_label_value(name)
+        };
+        for (k, v) in node.metadata.labels.iter().flatten() {
+            if !qualified(k) || !is_label_value(v) {
+                problems.push(format!("label {k}={v:?}"));
+            }
+        }
+        for taint in node.spec.iter().flat_map(|s| s.taints.iter().flatten()) {
+            if !qualified(&taint.key) {
+                problems.push(format!("taint {}", taint.key));
+            }
+        }
+        let status = node.status.as_ref();
+        for (resource, q) in status.iter().flat_map(|s| s.capacity.iter().flatten()) {
+            let digits = q.0.trim_end_matches("Ki");
+            let essential = matches!(resource.as_str(), "cpu" | "memory" | "ephemeral-storage");
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || (essential && digits.trim_start_matches('0').is_empty())
+            {
+                problems.push(format!("capacity {resource}={}", q.0));
+            }
+        }
+        for a in status.iter().flat_map(|s| s.addresses.iter().flatten()) {
+            if a.type_ == "InternalIP" && a.address.parse::<std::net::IpAddr>().is_err() {
+                problems.push(format!("address {}", a.address));
+            }
+        }
+        problems
+    }
+
+    /// Paths of every value in `v` outside `metadata` (the API server validates metadata).
+    fn paths(v: &serde_json::Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+        if let Some(map) = v.as_object() {
+            for (k, child) in map {
+                if at.is_empty() && matches!(k.as_str(), "metadata" | "apiVersion" | "kind") {
+                    continue;
+                }
+                let mut p = at.clone();
+                p.push(k.clone());
+                out.push(p.clone());
+                paths(child, p, out);
+            }
+        } else if let Some(items) = v.as_array() {
+            for (i, child) in items.iter().enumerate() {
+                let mut p = at.clone();
+                p.push(i.to_string());
+                out.push(p.clone());
+                paths(child, p, out);
+            }
+        }
+    }
+
+    fn set(v: &mut serde_json::Value, path: &[String], new: Option<serde_json::Value>) {
+        let (last, parents) = path.split_last().unwrap();
+        let mut at = v;
+        for p in parents {
+            at = match at {
+                serde_json::Value::Array(a) => &mut a[p.parse::<usize>().unwrap()],
+                other => &mut other[p.as_str()],
+            };
+        }
+        match (at, new) {
+            (serde_json::Value::Object(m), Some(n)) => {
+                m.insert(last.clone(), n);
+            }
+            (serde_json::Value::Object(m), None) => {
+                m.remove(last);
+            }
+            // An extra "field" of an array is one more item.
+            (serde_json::Value::Array(a), Some(n)) => match last.parse::<usize>() {
+                Ok(i) => a[i] = n,
+                Err(_) => a.push(n),
+            },
+            (serde_json::Value::Array(a), None) => {
+                a.remove(last.parse::<usize>().unwrap());
+            }
+            _ => {}
+        }
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            (-1e30f64..1e30).prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just(String::new()),
+                Just("not-an-ip".to_string()),
+                Just("2026-13-45T99:99:99".to_string()),
+                "\\PC{0,80}",
+            ]
+            .prop_map(serde_json::Value::from),
+            Just(json!([1, "two", {"three": 3}])),
+            Just(json!({"unexpected": {"deep": [true]}})),
+        ]
+    }
+
+    /// One object of the world, as JSON: (which, value).
+    fn world_json(which: usize) -> serde_json::Value {
+        let (w, m3m) = world();
+        let one = |t: &Arc<Tolerant<_>>| serde_json::to_value(t.read().unwrap()).unwrap();
+        match which {
+            0 => serde_json::to_value(&m3m).unwrap(),
+            1 => one(&w.hosts[&key("metal3", "node-0")]),
+            2 => serde_json::to_value(w.machines[&key("metal3", "test1-cp-abcde")].read().unwrap())
+                .unwrap(),
+            _ => serde_json::to_value(w.clusters[&key("metal3", "test1")].read().unwrap()).unwrap(),
+        }
+    }
+
+    fn tolerant<K: crate::tolerant::View + Clone>(v: &serde_json::Value) -> Tolerant<K> {
+        serde_json::from_value(json!({
+            "metadata": {"resourceVersion": "1"},
+            "items": [v, v]
+        }))
+        .map(|l: kube::core::ObjectList<Tolerant<K>>| l.items.into_iter().next().unwrap())
+        .expect("a list with a mutated object reads")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// A mutated upstream object (a value of another type or range, a missing or an
+        /// extra field): a list with it still reads, and the plan either says why there is
+        /// no Node or builds one the API server accepts.
+        #[test]
+        fn mutated_objects_never_fail_the_others_nor_build_an_invalid_node(
+            which in 0usize..4,
+            pick in proptest::prelude::any::<proptest::sample::Index>(),
+            op in 0u8..3,
+            new in any_json(),
+        ) {
+            let mut v = world_json(which);
+            let mut all = Vec::new();
+            paths(&v, Vec::new(), &mut all);
+            let path = pick.get(&all).clone();
+            match op {
+                0 => set(&mut v, &path, Some(new)),
+                1 => set(&mut v, &path, None),
+                _ => {
+                    let mut extra = path.clone();
+                    extra.push("x-extra".into());
+                    set(&mut v, &extra, Some(new));
+                }
+            }
+            let (mut w, mut m3m) = world();
+            // A list holding the mutated object and a sound one reads, and the sound one
+            // stays readable.
+            let good = world_json(which);
+            match which {
+                0 => {
+                    let list: kube::core::ObjectList<Tolerant<Metal3Machine>> =
+                        serde_json::from_value(json!({"metadata": {}, "items": [v, good]})).unwrap();
+                    proptest::prop_assert!(list.items[1].read().is_ok());
+                    match tolerant::<Metal3Machine>(&v) {
+                        Tolerant::Read(m) => m3m = m,
+                        Tolerant::Unreadable(_) => return Ok(()),
+                    }
+                }
+                1 => {
+                    let list: kube::core::ObjectList<Tolerant<BareMetalHost>> =
+                        serde_json::from_value(json!({"metadata": {}, "items": [v, good]})).unwrap();
+                    proptest::prop_assert!(list.items[1].read().is_ok());
+                    w.hosts.insert(key("metal3", "node-0"), Arc::new(tolerant(&v)));
+                }
+                2 => {
+                    let list: kube::core::ObjectList<Tolerant<Machine>> =
+                        serde_json::from_value(json!({"metadata": {}, "items": [v, good]})).unwrap();
+                    proptest::prop_assert!(list.items[1].read().is_ok());
+                    w.machines.insert(key("metal3", "test1-cp-abcde"), Arc::new(tolerant(&v)));
+                }
+                _ => {
+                    let list: kube::core::ObjectList<Tolerant<Cluster>> =
+                        serde_json::from_value(json!({"metadata": {}, "items": [v, good]})).unwrap();
+                    proptest::prop_assert!(list.items[1].read().is_ok());
+                    w.clusters.insert(key("metal3", "test1"), Arc::new(tolerant(&v)));
+                }
+            }
+            if let Ok(Plan::Ensure(d)) = plan(&m3m, &w, &now()) {
+                let problems = node_problems(&d.node);
+                proptest::prop_assert!(problems.is_empty(), "{path:?}: {problems:?}");
+                if let Some(facts) = crate::fake::static_pods::StaticPodFacts::of_node(&d.node) {
+                    for pod in crate::fake::static_pods::static_pods(&facts, true, &now()) {
+                        let ip = pod.status.and_then(|s| s.host_ip).unwrap_or_default();
+                        proptest::prop_assert!(ip.parse::<std::net::IpAddr>().is_ok(), "{ip}");
+                        let image = &pod.spec.unwrap().containers[0].image.clone().unwrap_or_default();
+                        proptest::prop_assert!(!image.contains(char::is_whitespace), "{image}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Typed views of the upstream objects metal3-fakenode reads: only the fields it uses,
 //! tolerant of every other field (serde ignores unknown ones), so upstream schema growth
-//! never breaks the watch. Versions: what current CAPI (v1beta2), CAPM3 (v1beta2) and the
-//! baremetal-operator (v1alpha1) store.
+//! never breaks the watch; an object whose fields these views cannot read is kept as
+//! unreadable (see [`crate::tolerant`]). Numbers are as wide as the CRDs allow, so that
+//! values out of any sane range are read and then judged by the plan. Versions: what
+//! current CAPI (v1beta2), CAPM3 (v1beta2) and the baremetal-operator (v1alpha1) store.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -86,8 +88,10 @@ pub struct ProvisionStatus {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HardwareDetails {
+    /// Signed and wide, as the CRD's plain `integer` is: a nonsensical value (negative,
+    /// absurd) is read and then ignored by the plan, never a reason to drop the host.
     #[serde(default)]
-    pub ram_mebibytes: u64,
+    pub ram_mebibytes: i64,
     #[serde(default)]
     pub nics: Vec<Nic>,
     #[serde(default)]
@@ -108,7 +112,7 @@ pub struct Nic {
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
     #[serde(default)]
-    pub size_bytes: u64,
+    pub size_bytes: i64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -116,7 +120,7 @@ pub struct Cpu {
     #[serde(default)]
     pub arch: String,
     #[serde(default)]
-    pub count: u32,
+    pub count: i64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -203,3 +207,8 @@ pub struct NetworkRanges {
     #[serde(default)]
     pub cidr_blocks: Vec<String>,
 }
+
+impl crate::tolerant::View for Metal3Machine {}
+impl crate::tolerant::View for BareMetalHost {}
+impl crate::tolerant::View for Machine {}
+impl crate::tolerant::View for Cluster {}

@@ -254,10 +254,16 @@ pub fn classify(cluster: &ClusterKey, err: kube::Error) -> Error {
     let cluster = cluster.to_string();
     match err {
         kube::Error::Api(status) => {
-            let message = format!("{} {}: {}", status.code, status.reason, status.message);
+            // A 422 lists every invalid field with its value: bounded, like every message.
+            let message = crate::tolerant::bounded(
+                format!("{} {}: {}", status.code, status.reason, status.message),
+                1024,
+            );
             match status.code {
                 401 | 403 => Error::WorkloadForbidden { cluster, message },
                 429 => Error::WorkloadThrottled { cluster, message },
+                // Validation: the same request fails the same way until an input changes.
+                422 => Error::WorkloadInvalid { cluster, message },
                 500..=599 => Error::WorkloadServerError { cluster, message },
                 _ => Error::WorkloadRequest { cluster, message },
             }

@@ -660,6 +660,7 @@ async fn ceiling(
                 kubeadm_config: None,
                 host: m.spec.host(),
                 provisioned_at: None,
+                ignored: Vec::new(),
             };
             async move {
                 let client = clients

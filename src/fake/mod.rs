@@ -3,6 +3,7 @@
 
 pub mod kubeadm_config;
 pub mod lease;
+pub mod names;
 pub mod node;
 pub mod static_pods;
 

@@ -85,7 +85,7 @@ impl NodeFacts {
 }
 
 /// Inspection reports the kernel's name for the architecture; Nodes use Go's.
-fn kubernetes_arch(arch: Option<&str>) -> String {
+pub fn kubernetes_arch(arch: Option<&str>) -> String {
     match arch.unwrap_or("") {
         "" | "x86_64" | "amd64" => "amd64",
         "aarch64" | "arm64" => "arm64",

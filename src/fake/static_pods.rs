@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use super::names::is_dns_subdomain;
 use super::node::CONTROL_PLANE_ROLE;
 use super::{MANAGED_BY, MANAGED_BY_LABEL, stable_hash};
 
@@ -94,12 +95,25 @@ impl StaticPodFacts {
 /// The mirror Pods of a control-plane Node, each with the status of a running, ready
 /// container (set through the status subresource: a create ignores it).
 pub fn static_pods(facts: &StaticPodFacts, stacked_etcd: bool, now: &Time) -> Vec<Pod> {
-    let etcd = stacked_etcd.then_some(Component::Etcd);
-    Component::CONTROL_PLANE
-        .into_iter()
-        .chain(etcd)
+    components(stacked_etcd)
+        .filter(|c| is_dns_subdomain(&pod_name(*c, &facts.node)))
         .map(|c| static_pod(c, facts, now))
         .collect()
+}
+
+/// The mirror Pods a kubelet could not post because their names would be no valid Pod
+/// names (`<component>-<node>` over 253 characters): only those Pods fail, as on a real
+/// kubelet, never the Node.
+pub fn unpostable(facts: &StaticPodFacts, stacked_etcd: bool) -> Vec<String> {
+    components(stacked_etcd)
+        .map(|c| pod_name(c, &facts.node))
+        .filter(|name| !is_dns_subdomain(name))
+        .collect()
+}
+
+fn components(stacked_etcd: bool) -> impl Iterator<Item = Component> {
+    let etcd = stacked_etcd.then_some(Component::Etcd);
+    Component::CONTROL_PLANE.into_iter().chain(etcd)
 }
 
 /// `<component>-<node>`, the name kubelets give mirror Pods and KCP looks up.
@@ -353,5 +367,33 @@ mod tests {
         assert!(!is_running_and_ready(&pod));
         pod.status = None;
         assert!(!is_running_and_ready(&pod));
+    }
+
+    #[test]
+    fn a_mirror_pod_whose_name_would_be_too_long_is_skipped_alone() {
+        // 230 characters: `kube-apiserver-<node>` fits in 253, the longer
+        // `kube-controller-manager-<node>` does not.
+        let node = format!("{}.{}", "a".repeat(115), "b".repeat(114));
+        let f = StaticPodFacts {
+            node: node.clone(),
+            ..facts()
+        };
+        let names: Vec<String> = static_pods(&f, true, &now())
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                format!("kube-apiserver-{node}"),
+                format!("kube-scheduler-{node}"),
+                format!("etcd-{node}")
+            ]
+        );
+        assert_eq!(
+            unpostable(&f, true),
+            [format!("kube-controller-manager-{node}")]
+        );
+        assert!(unpostable(&facts(), true).is_empty());
     }
 }
