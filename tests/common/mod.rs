@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod webhook;
 
 use metal3_fakenode::envtest::{Assets, Environment};
