@@ -432,6 +432,9 @@ pub fn kubeconfig(
     }
 }
 
+/// A client for a kubeconfig this harness generated, with kube's own rules (which would
+/// run an exec plugin); a kubeconfig read from a Secret someone else wrote goes through
+/// [`crate::workload::parse_kubeconfig`] instead, as in the CAPM3 stand-in.
 pub async fn client_for(kubeconfig: &Kubeconfig) -> Result<Client, EnvtestError> {
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())
