@@ -176,6 +176,12 @@ pub struct RunArgs {
     #[arg(long, env = "FAKENODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// After SIGTERM or SIGINT, how long running work may take to finish before the
+    /// process exits anyway (below a Pod's default 30s termination grace period); a
+    /// second signal exits at once.
+    #[arg(long, env = "FAKENODE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Give control-plane Nodes the mirror Pods of kube-apiserver, kube-controller-manager
     /// and kube-scheduler (`--static-pods=false` to turn off).
     #[arg(long, env = "FAKENODE_STATIC_PODS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -383,5 +389,21 @@ mod tests {
         assert_eq!(args.workload_server_rewrites.len(), 1);
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.metrics_bind_address.port(), 8080);
+        assert_eq!(args.shutdown_grace, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_shutdown_grace_is_a_duration() {
+        let grace = |flag: &str| {
+            let cli = Cli::try_parse_from(["metal3-fakenode", "run", "--shutdown-grace", flag])?;
+            let Command::Run(args) = cli.command else {
+                panic!("parsed as another command");
+            };
+            Ok::<_, clap::Error>(args.shutdown_grace)
+        };
+        assert_eq!(grace("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(grace("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(grace("-1s").is_err());
+        assert!(grace("soon").is_err());
     }
 }

@@ -21,6 +21,7 @@ pub mod permissions;
 pub mod plan;
 pub mod resources;
 pub mod shard;
+pub mod shutdown;
 pub mod simulate;
 pub mod telemetry;
 pub mod tolerant;

@@ -8,6 +8,7 @@ use metal3_fakenode::cli::{Cli, Command, RunArgs};
 use metal3_fakenode::controller::{self, Config};
 use metal3_fakenode::http::{self, Health};
 use metal3_fakenode::metrics::Metrics;
+use metal3_fakenode::shutdown::{self, Ending, Stop};
 use metal3_fakenode::{leadership, telemetry};
 use tracing::{error, info};
 
@@ -15,7 +16,19 @@ use tracing::{error, info};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(*args).await,
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let grace = args.shutdown_grace;
+            let work = |stop| run(*args, stop);
+            match shutdown::run_until_deadline(work, shutdown::signals(), grace).await {
+                Ending::Finished(result) => result,
+                // Not a return: dropping the runtime would wait for its blocking tasks
+                // (a DNS lookup, say) without bound.
+                Ending::GraceRanOut | Ending::SecondSignal => {
+                    std::process::exit(i32::from(shutdown::UNFINISHED_EXIT_CODE))
+                }
+            }
+        }
         Command::Demo(args) => metal3_fakenode::demo::run(args).await,
         Command::E2e(args) => metal3_fakenode::e2e::main(args).await,
     };
@@ -29,9 +42,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
-    let client = kube::Client::try_default().await?;
+/// The controller process until `stop` and the end of its running work.
+async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<()> {
+    // Reaching the API server may hang; a stop before it answers has nothing to finish.
+    let Some(client) = stop.unless_requested(kube::Client::try_default()).await else {
+        return Ok(());
+    };
+    let client = client?;
     let shard = args.shard().map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::for_shard(
         shard.is_sharded().then_some(shard.index),
@@ -41,18 +58,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.metrics_bind_address))?;
     info!(address = %args.metrics_bind_address, "serving /metrics, /healthz, /readyz");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let server = tokio::spawn(http::serve(listener, health.clone(), stopped()));
+    let server = tokio::spawn(http::serve(listener, health.clone(), stop.requested()));
     let config = Config {
         namespaces: args.namespaces.clone(),
         selector: args.selector.clone(),
@@ -69,31 +75,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.leader_elect {
         let settings = args.leader_election(shard);
         settings.check().map_err(anyhow::Error::msg)?;
-        lead(client, config, metrics, health, settings, stopped()).await?;
+        lead(client, config, metrics, health, settings, stop).await?;
     } else {
         metrics.leader.set(1);
-        controller::run(client, config, metrics, health, stopped()).await;
+        controller::run(client, config, metrics, health, stop.requested()).await;
     }
     server.await??;
     info!("stopped");
     Ok(())
 }
 
-/// Runs the controller while this replica leads, standing by otherwise, until `shutdown`.
+/// Runs the controller while this replica leads, standing by otherwise, until `stop`.
 /// On a lost leadership the controller is told to stop and given half the grace period to
 /// drain; whatever is left is dropped, so nothing is written once the Lease can expire.
+/// After `stop`, the running controller drains within the shutdown grace (the caller's
+/// deadline).
 async fn lead(
     client: kube::Client,
     config: Config,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     settings: leadership::Settings,
-    shutdown: impl std::future::Future<Output = ()>,
+    stop: Stop,
 ) -> anyhow::Result<()> {
     info!(lease = %settings.lease_name, namespace = %settings.namespace, identity = %settings.identity, "standing for election");
     let drain = settings.grace / 2;
-    let mut leading = leadership::elect(client.clone(), settings).await?;
-    let mut shutdown = std::pin::pin!(shutdown);
+    let Some(leading) = stop
+        .unless_requested(leadership::elect(client.clone(), settings))
+        .await
+    else {
+        return Ok(());
+    };
+    let mut leading = leading?;
+    let mut shutdown = std::pin::pin!(stop.requested());
     loop {
         // A standby is healthy and ready: a rollout must not wait for a leader change.
         metrics.leader.set(0);
@@ -107,7 +121,7 @@ async fn lead(
         metrics.leader.set(1);
         health.set_ready(false);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop = async move {
+        let stop_leading = async move {
             let mut rx = stop_rx;
             let _ = rx.wait_for(|s| *s).await;
         };
@@ -116,7 +130,7 @@ async fn lead(
             config.clone(),
             metrics.clone(),
             health.clone(),
-            stop,
+            stop_leading,
         ));
         tokio::select! {
             _ = &mut run => {}
@@ -132,23 +146,4 @@ async fn lead(
             }
         }
     }
-}
-
-/// SIGTERM (kubelet, the demo) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

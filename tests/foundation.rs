@@ -283,3 +283,35 @@ async fn a_non_admin_user_creates_nodes_in_a_workload_server_only_as_rbac_allows
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_killed_api_server_restarts_as_it_was() {
+    let env = common::env().await;
+    let name = common::unique("restarted");
+    // Its own server: killing a shared one would fail the other tests.
+    let mut server = envtest::ApiServer::start(&env.assets, env.etcd(), &name)
+        .await
+        .unwrap();
+    let (url, pid) = (server.url().to_string(), server.pid());
+    let client = server.client().await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+
+    server.kill();
+    assert!(nodes.get(&name).await.is_err(), "a killed server answers");
+
+    server.restart().await.unwrap();
+    assert_eq!(server.url(), url, "same port");
+    assert_ne!(server.pid(), pid, "a new process");
+    // The client made before the kill still works: same port, same PKI, same etcd prefix,
+    // which still holds the Node.
+    assert_eq!(nodes.get(&name).await.unwrap().metadata.name, Some(name));
+    // And it restarts again, as a fault test may need.
+    server.kill();
+    server.restart().await.unwrap();
+    Api::<Node>::all(client)
+        .list(&Default::default())
+        .await
+        .unwrap();
+}

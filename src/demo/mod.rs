@@ -112,6 +112,8 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     let mut kubeconfigs = HashMap::new();
     for (i, cluster) in clusters.iter().enumerate() {
         // Its own user and client certificate: each cluster really is a separate client.
+        // Generated here, inline credentials only; read back from their Secrets, they go
+        // through `workload::parse_kubeconfig` (the controller, the ceiling, the stand-in).
         let server = &env.workloads[i % servers];
         let kubeconfig =
             server.kubeconfig_for_user(&format!("{cluster}-admin"), Some("system:masters"))?;

@@ -7,6 +7,10 @@
 //! all sharing one etcd under distinct prefixes, with the PKI that Cluster API expects to
 //! find in the cluster's Secrets. metal3-fakenode runs beside them as a process with the
 //! RBAC of deploy/. What is asserted: the upstream controllers accept its Nodes.
+//!
+//! The harness reads the workload clusters only with kubeconfigs it generated itself
+//! (`ApiServer::client`), never with the `<cluster>-kubeconfig` Secrets KCP writes; a
+//! kubeconfig from a Secret would go through `workload::parse_kubeconfig`.
 
 pub mod cluster;
 pub mod phases;

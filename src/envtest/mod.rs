@@ -232,10 +232,15 @@ fn not_ready(name: &str, started: Instant, detail: String, process: &Supervised)
 pub struct ApiServer {
     name: String,
     process: Supervised,
+    /// The binary and its flags, kept so that [`ApiServer::restart`] starts the same server.
+    program: PathBuf,
+    args: Vec<String>,
+    /// Processes started so far; each has a log of its own.
+    starts: u32,
     url: String,
     ca: ClusterCa,
     admin: CertAndKey,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl ApiServer {
@@ -288,9 +293,10 @@ impl ApiServer {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
         ];
+        let program = assets.kube_apiserver();
         let process = Supervised::spawn(
             &format!("kube-apiserver {name}"),
-            &assets.kube_apiserver(),
+            &program,
             &args,
             d.join("kube-apiserver.log"),
         )
@@ -298,10 +304,13 @@ impl ApiServer {
         let mut server = Self {
             name: name.to_string(),
             process,
+            program,
+            args,
+            starts: 1,
             url,
             ca,
             admin,
-            _dir: dir,
+            dir,
         };
         server.wait_ready(Duration::from_secs(120)).await?;
         Ok(server)
@@ -347,6 +356,23 @@ impl ApiServer {
     /// Kills the process (SIGKILL) and waits for it: for tests of a dead API server.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Starts the server again after [`ApiServer::kill`] (killing it first if it still
+    /// runs), with the same flags, port, PKI and etcd prefix, and waits for `/readyz`: for
+    /// tests of an API server that comes back. Clients made before keep working.
+    pub async fn restart(&mut self) -> Result<(), EnvtestError> {
+        self.process.kill();
+        self.starts += 1;
+        let name = format!("kube-apiserver {}", self.name);
+        // A log per start: the one of the killed process says how it ended.
+        let log = self
+            .dir
+            .path()
+            .join(format!("kube-apiserver-{}.log", self.starts));
+        self.process = Supervised::spawn(&name, &self.program, &self.args, log)
+            .map_err(io_err(format!("restarting {name}")))?;
+        self.wait_ready(Duration::from_secs(120)).await
     }
 
     pub fn ca_pem(&self) -> String {
@@ -432,6 +458,9 @@ pub fn kubeconfig(
     }
 }
 
+/// A client for a kubeconfig this harness generated, with kube's own rules (which would
+/// run an exec plugin); a kubeconfig read from a Secret someone else wrote goes through
+/// [`crate::workload::parse_kubeconfig`] instead, as in the CAPM3 stand-in.
 pub async fn client_for(kubeconfig: &Kubeconfig) -> Result<Client, EnvtestError> {
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())

@@ -13,16 +13,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::KubeConfigOptions;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::plan::{host_ref, owner_machine};
+use crate::plan::{KubeconfigSource, host_ref, owner_machine};
 use crate::resources::{
     BareMetalHost, CLUSTER_NAME_LABEL, Machine, Metal3Machine, PROVISIONED, UUID_LABEL,
 };
+use crate::workload::parse_kubeconfig;
 
 /// How often a Metal3Machine whose Node has not appeared yet is looked at again.
 const POLL: Duration = Duration::from_millis(200);
@@ -33,6 +34,8 @@ pub enum Capm3Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("{0}")]
+    KubeconfigSecret(#[from] crate::error::Error),
     #[error("{0}")]
     Invalid(String),
 }
@@ -165,21 +168,99 @@ async fn workload_client(ctx: &Ctx, ns: &str, cluster: &str) -> Result<Client, C
     {
         return Ok(client.clone());
     }
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("value"))
-        .ok_or_else(|| Capm3Error::Invalid("kubeconfig Secret without value".into()))?;
-    let yaml = String::from_utf8_lossy(&value.0);
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::from_yaml(&yaml)?,
-        &KubeConfigOptions::default(),
-    )
-    .await?;
-    let client = Client::try_from(config)?;
+    let client = client_from_secret(&secret).await?;
     ctx.workloads
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(key, client.clone());
     Ok(client)
+}
+
+/// The workload client of a kubeconfig Secret, read with the controller's own rules: the
+/// Secret is written by others, so exec plugins, auth providers and file paths are refused
+/// here too and a test never runs a program named in one.
+pub async fn client_from_secret(secret: &Secret) -> Result<Client, Capm3Error> {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .ok_or_else(|| Capm3Error::Invalid("kubeconfig Secret without value".into()))?;
+    let source = KubeconfigSource {
+        secret: format!(
+            "{}/{}",
+            secret.namespace().unwrap_or_default(),
+            secret.name_any()
+        ),
+        value: value.clone(),
+    };
+    let kubeconfig = parse_kubeconfig(&source)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn secret(kubeconfig: &str) -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("c-kubeconfig".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            data: Some(
+                [(
+                    "value".to_string(),
+                    ByteString(kubeconfig.as_bytes().to_vec()),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: 'https://127.0.0.1:6443'}
+users:
+- name: u
+  user: {token: abc}
+contexts:
+- name: u@c
+  context: {cluster: c, user: u}
+current-context: u@c
+";
+
+    #[tokio::test]
+    async fn the_stand_in_refuses_what_the_controller_refuses() {
+        assert!(client_from_secret(&secret(KUBECONFIG)).await.is_ok());
+        let exec = KUBECONFIG.replace(
+            "user: {token: abc}",
+            "user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/false}}",
+        );
+        match client_from_secret(&secret(&exec)).await {
+            Err(Capm3Error::KubeconfigSecret(e)) => {
+                assert_eq!(e.reason(), "kubeconfig_unusable", "{e}")
+            }
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a Secret's exec plugin was accepted"),
+        }
+        let file = KUBECONFIG.replace("user: {token: abc}", "user: {tokenFile: /etc/hostname}");
+        assert!(matches!(
+            client_from_secret(&secret(&file)).await,
+            Err(Capm3Error::KubeconfigSecret(_))
+        ));
+        let mut empty = secret(KUBECONFIG);
+        empty.data = None;
+        assert!(matches!(
+            client_from_secret(&empty).await,
+            Err(Capm3Error::Invalid(_))
+        ));
+    }
 }
