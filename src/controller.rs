@@ -91,6 +91,23 @@ impl Default for Config {
     }
 }
 
+/// The longest a watch of the management cluster stays open before it is renewed (from
+/// its resourceVersion, so cheaply). kube's watcher also gives up on a watch that stays
+/// silent this long (plus a margin): a watch that silently died (a half-open connection,
+/// an API server that came back without this watch) is noticed within about a minute
+/// instead of kube's default five.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client settings for the management cluster: a dead API server is noticed at the
+/// connect (10 s) and a hung request after [`WATCH_TIMEOUT`] plus a margin (a read may
+/// legitimately wait that long inside a quiet watch), not after kube's 295 s.
+pub fn management_client(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(WATCH_TIMEOUT + Duration::from_secs(15));
+    config.write_timeout = Some(Duration::from_secs(30));
+    Client::try_from(config)
+}
+
 /// How often missing permissions are checked again (RBAC may be fixed while we run).
 const PERMISSION_RECHECK: Duration = Duration::from_secs(10);
 
@@ -187,6 +204,11 @@ impl Stores {
             // Err: the watch is gone, i.e. the controller is shutting down.
             let _ = synced.wait_for(|s| *s).await;
         }
+    }
+
+    /// Whether every store of the scope has been filled by its first list.
+    fn is_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s.borrow())
     }
 
     /// Whether the scope watches `namespace`.
@@ -341,8 +363,26 @@ pub async fn run(
             },
             stopped(),
         );
+        // kube's Controller holds its runner until its store is ready, and a graceful
+        // shutdown waits for the runner: a scope that never synced (no permission, say)
+        // would hold the stop forever. Nothing can run in it, so it stops at once.
+        let never_synced = {
+            let stores = stores.clone();
+            let stop = stopped();
+            async move {
+                stop.await;
+                if stores.is_synced() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
         all_stores.push(stores);
-        scope_runs.push(run);
+        scope_runs.push(async move {
+            tokio::select! {
+                () = run => {}
+                () = never_synced => debug!("stopped a watch scope whose stores never synced"),
+            }
+        });
     }
     let fidelity = &config.fidelity;
     let posting = (fidelity.heartbeats() || fidelity.not_ready_fraction > 0.0).then(|| {
@@ -531,9 +571,10 @@ impl Logged {
 /// controller blind that long after the management API server is back), starting over
 /// once the watch has been fine for a minute.
 fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    // Jitter adds up to the delay itself: half the bound, then.
     let builder = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(watch_health::BACKOFF_MAX)
+        .with_max_delay(watch_health::BACKOFF_MAX / 2)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times();
@@ -561,7 +602,8 @@ where
     let reporter: WatchReporter = watches.health.register(resource);
     let deleted = wake_cleanup.then(|| watches.deleted.clone());
     let logged = Logged::default();
-    watcher(api, config)
+    let timeout = u32::try_from(WATCH_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
+    watcher(api, config.timeout(timeout))
         .backoff(watch_backoff())
         .inspect(move |result| match result {
             Ok(_) => reporter.up(),
@@ -591,6 +633,11 @@ where
             }
         })
         .applied_objects()
+        // The errors were counted and retried above. Passed on, they would reach the
+        // Controller's own trigger backoff (kube's default, up to 30 s and reset only
+        // after two quiet minutes), which pauses every watch of the scope at once: that
+        // blinded the controller for minutes after a management API server restart.
+        .filter_map(|result| futures::future::ready(result.ok().map(Ok)))
 }
 
 /// The resource's plural, a bounded label value.

@@ -45,10 +45,10 @@ async fn main() -> ExitCode {
 /// The controller process until `stop` and the end of its running work.
 async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<()> {
     // Reaching the API server may hang; a stop before it answers has nothing to finish.
-    let Some(client) = stop.unless_requested(kube::Client::try_default()).await else {
+    let Some(config) = stop.unless_requested(kube::Config::infer()).await else {
         return Ok(());
     };
-    let client = client?;
+    let client = controller::management_client(config?)?;
     let shard = args.shard().map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::for_shard(
         shard.is_sharded().then_some(shard.index),

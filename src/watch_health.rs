@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// The longest wait between two attempts of a failing watch: a management API server
 /// that comes back is watched again within this long (kube's default is 30 s).
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// Errors no further apart than this belong to one outage: the backoff, plus a connect
 /// timeout to a server that does not answer, plus slack.
 pub const STREAK_GAP: Duration = Duration::from_secs(20);
@@ -122,7 +122,7 @@ mod tests {
         let grace = Duration::from_secs(10);
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert!(health.down_longer_than(grace, t0).is_empty());
-        // Errors every 5 s, as the bounded backoff retries.
+        // Errors every few seconds, as the bounded backoff retries.
         for s in (0..=15).step_by(5) {
             hosts.failed(at(s));
         }
