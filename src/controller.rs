@@ -1296,4 +1296,95 @@ mod tests {
             Some(ObjectRef::new("m3m").within("ns"))
         );
     }
+
+    fn tolerant<K: View>(value: serde_json::Value) -> Tolerant<K> {
+        Tolerant::from_value(value).unwrap()
+    }
+
+    fn store_of<K>(objects: Vec<Tolerant<K>>) -> Store<Tolerant<K>>
+    where
+        K: View + Clone,
+    {
+        let (store, mut writer) = reflector::store();
+        for obj in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        store
+    }
+
+    #[test]
+    fn unreadable_hosts_and_machines_still_wake_their_metal3machines() {
+        let m3m = |name: &str, host: &str, owner: &str| {
+            tolerant::<Metal3Machine>(serde_json::json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2", "kind": "Metal3Machine",
+                "metadata": {"name": name, "namespace": "ns",
+                             "annotations": {BMH_ANNOTATION: format!("ns/{host}")},
+                             "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2",
+                                                  "kind": "Machine", "name": owner, "uid": "u"}]},
+                "spec": {}
+            }))
+        };
+        let machine = |name: &str, version: serde_json::Value| {
+            tolerant::<Machine>(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {CLUSTER_NAME_LABEL: "c"}},
+                "spec": {"clusterName": "c", "version": version,
+                         "infrastructureRef": {"kind": "Metal3Machine", "name": format!("{name}-m3m")}}
+            }))
+        };
+        let mappers = Mappers {
+            metal3_machines: store_of(vec![
+                m3m("a-m3m", "host-a", "a"),
+                m3m("b-m3m", "host-b", "b"),
+            ]),
+            machines: store_of(vec![
+                machine("a", serde_json::json!("v1.34.1")),
+                machine("b", serde_json::json!({"not": "a version"})),
+            ]),
+        };
+        let names = |refs: Vec<M3mRef>| {
+            let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            names.sort();
+            names
+        };
+        // An unreadable host has no consumerRef to read: the annotation names it.
+        let host = tolerant::<BareMetalHost>(serde_json::json!({
+            "metadata": {"name": "host-b", "namespace": "ns"},
+            "spec": {"consumerRef": {"kind": "Metal3Machine", "name": "b-m3m"}},
+            "status": {"hardware": {"cpu": {"count": "many"}}}
+        }));
+        assert!(host.read().is_err());
+        assert_eq!(names(mappers.consumers_of(&host)), ["b-m3m"]);
+        // An unreadable Machine has no infrastructureRef to read: the owner names it.
+        let b = machine("b", serde_json::json!({"not": "a version"}));
+        assert!(b.read().is_err());
+        assert_eq!(names(mappers.infrastructure_of(&b)), ["b-m3m"]);
+        // A cluster's change reaches the Metal3Machines of readable and unreadable Machines.
+        assert_eq!(
+            names(mappers.machines_of_cluster("ns", "c")),
+            ["a-m3m", "b-m3m"]
+        );
+        assert!(mappers.machines_of_cluster("other", "c").is_empty());
+    }
+
+    #[test]
+    fn an_object_that_turns_unreadable_replaces_its_readable_copy() {
+        let host = |count: serde_json::Value| {
+            tolerant::<BareMetalHost>(serde_json::json!({
+                "metadata": {"name": "h", "namespace": "ns", "uid": "u"},
+                "spec": {}, "status": {"hardware": {"cpu": {"count": count}}}
+            }))
+        };
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!(8))));
+        let key = ObjectRef::new("h").within("ns");
+        assert!(store.get(&key).unwrap().read().is_ok());
+        writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!("eight"))));
+        assert!(
+            store.get(&key).unwrap().read().is_err(),
+            "never the stale copy"
+        );
+        assert_eq!(store.state().len(), 1);
+        writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!(4))));
+        assert!(store.get(&key).unwrap().read().is_ok());
+    }
 }
