@@ -2,14 +2,14 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-# If the manifest gains explicit targets (e.g. [[bench]] in benches/), copy their
-# directories too: cargo refuses a manifest whose declared target files are missing.
+# Every member's sources: cargo loads the whole workspace, even to build one package.
+# Only the product package is built below; the test bench's dependencies never are.
+COPY crates ./crates
 # The cache mounts keep the registry and incremental artifacts between builds; the binary
 # is copied out because the target directory is not part of the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin metal3-fakenode \
+    cargo build --release --locked -p metal3-fakenode --bin metal3-fakenode \
  && cp target/release/metal3-fakenode /metal3-fakenode
 
 # Same Debian release as the build stage, so the binary finds the glibc it was linked

@@ -17,7 +17,7 @@ e2e-assets:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 ## promtool: the alert/recording rules, their unit tests and the dashboard's queries.
 ## Installs Debian's prometheus package when missing (the tests also run its server).
@@ -28,17 +28,22 @@ rules:
 ## DEMO_ARGS="--clusters 1000 --ceiling"). Builds the control plane first if needed.
 DEMO_ARGS ?= --clusters 100 --ceiling --report target/demo-report.json --plot target/demo.svg
 demo:
-	assets=$$(hack/envtest-assets.sh) && $(ASSETS_ENV)=$$assets cargo run --release --locked -- demo $(DEMO_ARGS)
+	assets=$$(hack/envtest-assets.sh) && \
+	  cargo build --release --locked -p metal3-fakenode -p metal3-fakenode-bench && \
+	  $(ASSETS_ENV)=$$assets target/release/metal3-fakenode-bench demo $(DEMO_ARGS)
 
 ## End to end with the real upstream controllers (override E2E_ARGS, e.g.
 ## E2E_ARGS="--clusters 50"). Builds them and the control plane first if needed.
 E2E_ARGS ?= --clusters 10 --report target/e2e-report.json
 e2e:
 	assets=$$(hack/envtest-assets.sh) && e2e=$$(hack/e2e-assets.sh) && \
-	  $(ASSETS_ENV)=$$assets $(E2E_ASSETS_ENV)=$$e2e cargo run --release --locked -- e2e $(E2E_ARGS)
+	  cargo build --release --locked -p metal3-fakenode -p metal3-fakenode-bench && \
+	  $(ASSETS_ENV)=$$assets $(E2E_ASSETS_ENV)=$$e2e target/release/metal3-fakenode-bench e2e $(E2E_ARGS)
 
 ## The whole suite: lint, rules, unit tests and integration tests against real API
-## servers, a real Prometheus and the real upstream controllers (tests/e2e.rs, small).
+## servers, a real Prometheus and the real upstream controllers (the bench's e2e, small).
+## A plain `cargo test` runs the unit tests and marks the integration tests ignored;
+## METAL3_FAKENODE_REQUIRE_ASSETS makes them run (and fail without their assets).
 test: lint rules
 	assets=$$(hack/envtest-assets.sh) && e2e=$$(hack/e2e-assets.sh) && \
-	  $(ASSETS_ENV)=$$assets $(E2E_ASSETS_ENV)=$$e2e cargo test --locked
+	  METAL3_FAKENODE_REQUIRE_ASSETS=1 $(ASSETS_ENV)=$$assets $(E2E_ASSETS_ENV)=$$e2e cargo test --workspace --locked

@@ -1,0 +1,1404 @@
+//! The kube-runtime wiring: watches and reflector stores, the reconcile of one
+//! Metal3Machine (observe -> plan -> apply), Events, metrics and the retry policy.
+//!
+//! Each watch scope (one namespace, or all) gets its own stores and Controller: a
+//! reflector store is filled by exactly one watcher, and several watchers feeding one
+//! store would wipe each other's objects at every re-list.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::{StreamExt, TryStreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::api::Api;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::apply;
+use crate::certificate_expiry;
+use crate::cleanup::Cleanup;
+use crate::error::Error;
+use crate::fake::static_pods::{self, StaticPodFacts};
+use crate::fake::{lease, node};
+use crate::fidelity::{Fate, Fidelity};
+use crate::http::Health;
+use crate::kubelet::{self, Kubelets};
+use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
+use crate::permissions;
+use crate::plan::{self, Plan};
+use crate::resources::{
+    BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, Machine, Metal3Machine, PROVISIONED,
+};
+use crate::shard::Shard;
+use crate::stores::Stores;
+use crate::tolerant::{Tolerant, View};
+use crate::watch_health::{self, WatchHealth, WatchReporter};
+use crate::workload::{Settings, WorkloadClients};
+
+pub use crate::CONTROLLER_NAME;
+/// After a Node is ensured, look again this much later if CAPM3 has not closed the loop
+/// by then (someone may have deleted the Node).
+const RECHECK_AFTER: Duration = Duration::from_secs(300);
+
+/// What the controller watches and how hard it may push.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+    pub selector: Option<String>,
+    pub concurrency: u16,
+    pub kube_qps: std::num::NonZeroU32,
+    pub kube_burst: std::num::NonZeroU32,
+    pub workload: Settings,
+    pub max_retry_delay: Duration,
+    /// Names this replica on Events (e.g. the Pod name).
+    pub instance: Option<String>,
+    /// Static pods, heartbeats, cleanup, startup delay, faults. `Default`: none of them.
+    pub fidelity: Fidelity,
+    /// The clusters this replica handles.
+    pub shard: Shard,
+    /// `/readyz` fails while a watch of the management cluster has been down this long.
+    pub watch_down_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            selector: None,
+            concurrency: 32,
+            kube_qps: std::num::NonZeroU32::new(50).unwrap_or(std::num::NonZeroU32::MIN),
+            kube_burst: std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN),
+            workload: Settings::default(),
+            max_retry_delay: Duration::from_secs(300),
+            instance: None,
+            fidelity: Fidelity::default(),
+            shard: Shard::default(),
+            watch_down_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The longest wait before retrying a Metal3Machine whose workload API server did not
+/// answer.
+const UNREACHABLE_RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// The longest a watch of the management cluster stays open before it is renewed (from
+/// its resourceVersion, so cheaply). kube's watcher also gives up on a watch that stays
+/// silent this long (plus a margin): a watch that silently died (a half-open connection,
+/// an API server that came back without this watch) is noticed within about a minute
+/// instead of kube's default five.
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client settings for the management cluster: a dead API server is noticed at the
+/// connect (10 s) and a hung request after [`WATCH_TIMEOUT`] plus a margin (a read may
+/// legitimately wait that long inside a quiet watch), not after kube's 295 s.
+pub fn management_client(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(WATCH_TIMEOUT + Duration::from_secs(15));
+    config.write_timeout = Some(Duration::from_secs(30));
+    Client::try_from(config)
+}
+
+/// How often missing permissions are checked again (RBAC may be fixed while we run).
+const PERMISSION_RECHECK: Duration = Duration::from_secs(10);
+
+/// A task that ends with the controller even if the controller's future is dropped (a lost
+/// leadership does that): heartbeats and deletes must not outlive it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Events waiting for the publisher; beyond this many, new ones are dropped (and counted).
+const EVENT_QUEUE: usize = 1024;
+
+/// State shared by every watch scope.
+struct Shared {
+    shard: Shard,
+    /// Events are best-effort, as in client-go: queued for a rate-limited publisher so that
+    /// a burst of Events never slows down the creation of Nodes.
+    events: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
+    workloads: Arc<WorkloadClients>,
+    kubelets: Arc<Kubelets>,
+    fidelity: Fidelity,
+    /// The management cluster, for the few requests not served by the stores.
+    client: Client,
+    /// `--kube-qps`, shared by the Events and those requests.
+    kube_limiter: Arc<DefaultDirectRateLimiter>,
+    metrics: Arc<Metrics>,
+    backoff: ExponentialBuilder,
+    max_retry_delay: Duration,
+    started: Timestamp,
+    book: Bookkeeping,
+}
+
+/// What this process remembers per Metal3Machine of its own shard, forgotten when the
+/// Metal3Machine is gone (so it stays as small as the watched set).
+#[derive(Default)]
+struct Bookkeeping {
+    /// Consecutive failures per Metal3Machine, for the retry backoff.
+    failures: Mutex<HashMap<M3mRef, usize>>,
+    /// Latency bookkeeping per Metal3Machine (`namespace/name`).
+    timings: Mutex<HashMap<String, Timing>>,
+}
+
+impl Bookkeeping {
+    /// Notes when the watch first showed the Metal3Machine `key` needing a Node: the
+    /// latency starts there, not when a worker gets to it, so queueing counts.
+    fn saw_need(&self, key: String) {
+        lock(&self.timings)
+            .entry(key)
+            .or_default()
+            .needed
+            .get_or_insert_with(Timestamp::now);
+    }
+
+    /// Forgets a Metal3Machine that is gone.
+    fn forget(&self, namespace: &str, name: &str) {
+        lock(&self.timings).remove(&timing_key(Some(namespace), name));
+        lock(&self.failures).remove(&ObjectRef::new(name).within(namespace));
+    }
+
+    /// After a re-list (which may hide deletions): keeps, of the Metal3Machines in the
+    /// namespaces `covers` accepts, only those `exists` knows.
+    fn retain(&self, covers: impl Fn(&str) -> bool, exists: impl Fn(&str, &str) -> bool) {
+        lock(&self.timings).retain(|key, _| {
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            !covers(ns) || exists(ns, name)
+        });
+        lock(&self.failures).retain(|r, _| {
+            let ns = r.namespace.as_deref().unwrap_or_default();
+            !covers(ns) || exists(ns, &r.name)
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.timings).len() + lock(&self.failures).len()
+    }
+}
+
+fn timing_key(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Timing {
+    /// When this process first saw the Metal3Machine need a Node.
+    needed: Option<Timestamp>,
+    /// When this process created its Node.
+    node_created: Option<Timestamp>,
+    /// A fault withholds its Node (counted once).
+    withheld: bool,
+    /// Its KubeadmConfig carries the certificates' expiry.
+    certificates_annotated: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a panic cannot leave it torn.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Context {
+    shared: Arc<Shared>,
+    stores: Stores,
+}
+
+/// Runs the controller until `shutdown` resolves, then drains in-flight reconciles.
+/// `health` turns ready once every store of every scope has synced.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: config.instance.clone(),
+        },
+    );
+    let limiter = Arc::new(RateLimiter::direct(
+        Quota::per_second(config.kube_qps).allow_burst(config.kube_burst),
+    ));
+    let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let publisher = tokio::spawn(publish_events(queue, recorder, limiter.clone()));
+    let workloads = Arc::new(WorkloadClients::new(config.workload.clone()));
+    let kubelets = Arc::new(Kubelets::new(config.fidelity.clone()));
+    let shared = Arc::new(Shared {
+        shard: config.shard,
+        events,
+        workloads: workloads.clone(),
+        kubelets: kubelets.clone(),
+        fidelity: config.fidelity.clone(),
+        client: client.clone(),
+        kube_limiter: limiter,
+        metrics: metrics.clone(),
+        backoff: ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(config.max_retry_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times(),
+        max_retry_delay: config.max_retry_delay,
+        started: Timestamp::now(),
+        book: Bookkeeping::default(),
+    });
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let scope_names = scopes.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    // Woken by every deletion the watches see: the cleanup's cue.
+    let deleted = Arc::new(Notify::new());
+    let watch_health = Arc::new(WatchHealth::default());
+    let mut scope_runs = Vec::new();
+    let mut all_stores = Vec::new();
+    for scope in scopes {
+        let (stores, run) = scope_controller(
+            &client,
+            scope,
+            &config,
+            shared.clone(),
+            Watches {
+                deleted: deleted.clone(),
+                health: watch_health.clone(),
+            },
+            stopped(),
+        );
+        // kube's Controller holds its runner until its store is ready, and a graceful
+        // shutdown waits for the runner: a scope that never synced (no permission, say)
+        // would hold the stop forever. Nothing can run in it, so it stops at once.
+        let never_synced = {
+            let stores = stores.clone();
+            let stop = stopped();
+            async move {
+                stop.await;
+                if stores.is_synced() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        all_stores.push(stores);
+        scope_runs.push(async move {
+            tokio::select! {
+                () = run => {}
+                () = never_synced => debug!("stopped a watch scope whose stores never synced"),
+            }
+        });
+    }
+    let fidelity = &config.fidelity;
+    let posting = (fidelity.heartbeats() || fidelity.not_ready_fraction > 0.0).then(|| {
+        AbortOnDrop(tokio::spawn(kubelets.clone().run(
+            workloads.clone(),
+            metrics.clone(),
+            stopped(),
+        )))
+    });
+    let cleanup = Cleanup {
+        kubelets: kubelets.clone(),
+        workloads,
+        metrics: metrics.clone(),
+        adopt: fidelity.tracks_nodes(),
+        delete_orphans: fidelity.delete_orphans,
+        all_metal3_machines: config.selector.is_none(),
+        shard: config.shard,
+    };
+    let mut cleanup = AbortOnDrop(tokio::spawn(cleanup.run(
+        all_stores.clone(),
+        deleted,
+        stopped(),
+    )));
+    health.set_on_scrape({
+        let stores = all_stores.clone();
+        // Weak: the hook outlives the controller, which must drop `shared` to stop.
+        let shared = Arc::downgrade(&shared);
+        let watch_health = watch_health.clone();
+        move || {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let pending: usize = stores.iter().map(Stores::pending).sum();
+            shared.metrics.pending_machines.set(pending as i64);
+            let mut unreadable = std::collections::BTreeMap::<&str, usize>::new();
+            for (resource, n) in stores.iter().flat_map(Stores::unreadable) {
+                *unreadable.entry(resource).or_default() += n;
+            }
+            for (resource, n) in unreadable {
+                shared
+                    .metrics
+                    .unreadable_objects
+                    .with_label_values(&[resource])
+                    .set(n as i64);
+            }
+            for (resource, down) in watch_health.resources(std::time::Instant::now()) {
+                shared
+                    .metrics
+                    .watch_up
+                    .with_label_values(&[resource])
+                    .set(i64::from(!down));
+            }
+            shared
+                .metrics
+                .workload_clients
+                .set(shared.workloads.len() as i64);
+            shared.metrics.kubelets.set(shared.kubelets.len() as i64);
+        }
+    });
+    health.set_readiness_check({
+        let grace = config.watch_down_grace;
+        move || {
+            let down = watch_health.down_longer_than(grace, std::time::Instant::now());
+            if down.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "watches of the management cluster down for over {}s: {}",
+                    grace.as_secs(),
+                    down.join(", ")
+                ))
+            }
+        }
+    });
+    let needed = permissions::required(&scope_names, config.fidelity.annotate_certificate_expiry);
+    let readiness = {
+        let health = health.clone();
+        let metrics = metrics.clone();
+        let client = client.clone();
+        async move {
+            // First: without `list` the stores never sync, and this says why.
+            wait_for_permissions(&client, &needed, &metrics).await;
+            for stores in &all_stores {
+                stores.wait_ready().await;
+            }
+            health.set_ready(true);
+            info!("every permission granted and every store synced; ready");
+        }
+    };
+    let forward_shutdown = async move {
+        shutdown.await;
+        info!("shutting down: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    };
+    tokio::spawn(forward_shutdown);
+    // Ends with this term: a later term's readiness is its own.
+    let _readiness = AbortOnDrop(tokio::spawn(readiness));
+    futures::future::join_all(scope_runs).await;
+    let _ = (&mut cleanup.0).await;
+    if let Some(mut posting) = posting {
+        let _ = (&mut posting.0).await;
+    }
+    health.set_ready(false);
+    // A standby watches nothing: no stale gauge may keep an alert firing.
+    metrics.watch_up.reset();
+    for resource in crate::metrics::WATCHED_RESOURCES {
+        metrics
+            .unreadable_objects
+            .with_label_values(&[resource])
+            .set(0);
+    }
+    // The last sender goes with `shared`; the publisher then drains the queue and stops.
+    drop(shared);
+    let _ = publisher.await;
+}
+
+/// Re-checks every `PERMISSION_RECHECK` until the identity has every permission it needs,
+/// saying which it lacks: the controller stays not ready meanwhile, rather than ready and
+/// blind (a first list succeeds without `watch`). An API error counts as unknown and is
+/// retried the same way.
+async fn wait_for_permissions(
+    client: &Client,
+    needed: &[permissions::Permission],
+    metrics: &Metrics,
+) {
+    loop {
+        match permissions::missing(client, needed).await {
+            Ok(lacking) if lacking.is_empty() => {
+                metrics.missing_permissions.set(0);
+                return;
+            }
+            Ok(lacking) => {
+                metrics.missing_permissions.set(lacking.len() as i64);
+                let lacking: Vec<String> = lacking.iter().map(ToString::to_string).collect();
+                error!(
+                    missing = %lacking.join(", "),
+                    "not ready: this identity lacks permissions the controller needs (see deploy/base/clusterrole.yaml)"
+                );
+            }
+            Err(e) => warn!(error = %e, "cannot check this identity's permissions; retrying"),
+        }
+        tokio::time::sleep(PERMISSION_RECHECK).await;
+    }
+}
+
+async fn publish_events(
+    mut queue: tokio::sync::mpsc::Receiver<(Event, ObjectReference)>,
+    recorder: Recorder,
+    limiter: Arc<DefaultDirectRateLimiter>,
+) {
+    while let Some((event, regarding)) = queue.recv().await {
+        limiter.until_ready().await;
+        if let Err(e) = recorder.publish(&event, &regarding).await {
+            warn!(error = %e, reason = %event.reason, "cannot publish an Event");
+        }
+    }
+}
+
+/// What a watch does besides filling its store, for each event (after the store has it).
+type OnEvent<V> = Box<dyn Fn(&watcher::Event<Tolerant<V>>) + Send + Sync>;
+
+/// Wakes the cleanup on every deletion, and on every re-list, which may hide deletions
+/// the watch missed.
+fn wake_on_deletions<V>(deleted: &Arc<Notify>) -> OnEvent<V> {
+    let deleted = deleted.clone();
+    Box::new(move |event| {
+        if matches!(event, watcher::Event::Delete(_) | watcher::Event::InitDone) {
+            deleted.notify_one();
+        }
+    })
+}
+
+/// What every watch reports to.
+#[derive(Clone)]
+struct Watches {
+    /// Woken by every deletion (and re-list): the cleanup's cue.
+    deleted: Arc<Notify>,
+    health: Arc<WatchHealth>,
+}
+
+/// Unreadable objects already logged, by UID, with the resourceVersion logged: each
+/// version is said once. Bounded: when full it starts over (some are said again).
+#[derive(Default)]
+struct Logged(Mutex<HashMap<String, String>>);
+
+const LOGGED_MAX: usize = 4096;
+
+impl Logged {
+    /// Whether `obj` (unreadable) at its version is new to the log.
+    fn first_time(&self, key: String, version: String) -> bool {
+        let mut logged = lock(&self.0);
+        if logged.get(&key) == Some(&version) {
+            return false;
+        }
+        if logged.len() >= LOGGED_MAX {
+            logged.clear();
+        }
+        logged.insert(key, version);
+        true
+    }
+
+    fn forget(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
+}
+
+/// The backoff of a failing watch: quick first retries, then at most every
+/// [`watch_health::BACKOFF_MAX`] (kube's default grows to 30 s, which would leave the
+/// controller blind that long after the management API server is back), starting over
+/// once the watch has been fine for a minute.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    // Jitter adds up to the delay itself: half the bound, then.
+    let builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(watch_health::BACKOFF_MAX / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(builder.into(), Duration::from_secs(60))
+}
+
+/// A watch over one scope, tolerant of API errors (retried with a bounded backoff) and
+/// of objects its typed view cannot read (kept as unreadable, said once in the log), and
+/// trimmed of what is never read (managedFields), so 10,000 objects stay small.
+fn watch<V>(
+    api: Api<Tolerant<V>>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<Tolerant<V>>,
+    trim: fn(&mut Tolerant<V>),
+    synced: &mut Vec<tokio::sync::watch::Receiver<bool>>,
+    watches: &Watches,
+    on_event: Option<OnEvent<V>>,
+) -> impl futures::Stream<Item = Result<Tolerant<V>, watcher::Error>> + Send + 'static
+where
+    V: View + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    synced.push(rx);
+    let resource = plural::<V>();
+    let reporter: WatchReporter = watches.health.register(resource);
+    let logged = Logged::default();
+    let timeout = u32::try_from(WATCH_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
+    watcher(api, config.timeout(timeout))
+        .backoff(watch_backoff())
+        .inspect(move |result| match result {
+            Ok(_) => {
+                if reporter.up() {
+                    info!(resource, "watch of the management cluster up again");
+                }
+            }
+            // Said once per outage; every retry at debug.
+            Err(e) if reporter.failed(std::time::Instant::now()) => {
+                warn!(resource, error = %e, "watch of the management cluster failing; retrying every few seconds");
+            }
+            Err(e) => debug!(resource, error = %e, "watch failed; retrying"),
+        })
+        .modify(trim)
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            match event {
+                watcher::Event::InitDone => {
+                    tx.send_replace(true);
+                }
+                watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+                    report_unreadable(obj, resource, &logged);
+                }
+                watcher::Event::Delete(obj) => logged.forget(&identity(obj)),
+                watcher::Event::Init => {}
+            }
+            if let Some(on_event) = &on_event {
+                on_event(event);
+            }
+        })
+        .applied_objects()
+        // The errors were counted and retried above. Passed on, they would reach the
+        // Controller's own trigger backoff (kube's default, up to 30 s and reset only
+        // after two quiet minutes), which pauses every watch of the scope at once: that
+        // blinded the controller for minutes after a management API server restart.
+        .filter_map(|result| futures::future::ready(result.ok().map(Ok)))
+}
+
+/// The resource's plural, a bounded label value.
+fn plural<V: View>() -> &'static str {
+    match V::plural(&()).as_ref() {
+        "metal3machines" => "metal3machines",
+        "baremetalhosts" => "baremetalhosts",
+        "machines" => "machines",
+        "clusters" => "clusters",
+        "secrets" => "secrets",
+        _ => "other",
+    }
+}
+
+fn identity<K: Resource>(obj: &K) -> String {
+    obj.meta()
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
+}
+
+/// Says once per version that an object cannot be read, with where and why; the
+/// Metal3Machines that need it say so again in their Events.
+fn report_unreadable<V: View>(obj: &Tolerant<V>, resource: &str, logged: &Logged) {
+    let Tolerant::Unreadable(u) = obj else {
+        return;
+    };
+    let version = obj.resource_version().unwrap_or_default();
+    if logged.first_time(identity(obj), version) {
+        warn!(
+            resource,
+            namespace = obj.namespace().unwrap_or_default(),
+            name = obj.name_any(),
+            field = %u.problem.path,
+            problem = %u.problem.message,
+            "cannot read this object: kept as unreadable, every other object is unaffected"
+        );
+    }
+}
+
+fn trim_meta<K: ResourceExt>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// Other CAPI Secrets carry the cluster-name label too (CA, etcd, bootstrap data); only
+/// the kubeconfig's data is kept in memory.
+fn trim_secret(secret: &mut Tolerant<Secret>) {
+    trim_meta(secret);
+    if let Tolerant::Read(secret) = secret
+        && !secret.name_any().ends_with("-kubeconfig")
+    {
+        secret.data = None;
+        secret.string_data = None;
+    }
+}
+
+fn scope_controller<S>(
+    client: &Client,
+    scope: Option<String>,
+    config: &Config,
+    shared: Arc<Shared>,
+    watches: Watches,
+    stopped: S,
+) -> (Stores, impl Future<Output = ()> + Send + use<S>)
+where
+    S: Future<Output = ()> + Send + Sync + 'static,
+{
+    fn api<K>(client: &Client, scope: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let (metal3_machines, m3m_writer) = reflector::store();
+    let (hosts, host_writer) = reflector::store();
+    let (machines, machine_writer) = reflector::store();
+    let (clusters, cluster_writer) = reflector::store();
+    let (secrets, secret_writer) = reflector::store();
+    let mut m3m_config = watcher::Config::default();
+    if let Some(selector) = &config.selector {
+        m3m_config = m3m_config.labels(selector);
+    }
+    let mut synced = Vec::new();
+    // The cleanup's cue, and the bookkeeping of Metal3Machines that are gone.
+    let m3m_events = {
+        let wake = wake_on_deletions(&watches.deleted);
+        let shared = shared.clone();
+        let store = metal3_machines.clone();
+        let scope = scope.clone();
+        Box::new(move |event: &watcher::Event<Tolerant<Metal3Machine>>| {
+            wake(event);
+            match event {
+                watcher::Event::Delete(m) => shared
+                    .book
+                    .forget(m.namespace().as_deref().unwrap_or_default(), &m.name_any()),
+                watcher::Event::InitDone => shared.book.retain(
+                    |ns| scope.as_deref().is_none_or(|s| s == ns),
+                    |ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some(),
+                ),
+                _ => {}
+            }
+        }) as OnEvent<Metal3Machine>
+    };
+    let m3m_stream = watch(
+        api(client, &scope),
+        m3m_config,
+        m3m_writer,
+        trim_meta,
+        &mut synced,
+        &watches,
+        Some(m3m_events),
+    );
+    let host_stream = watch(
+        api(client, &scope),
+        watcher::Config::default(),
+        host_writer,
+        trim_meta,
+        &mut synced,
+        &watches,
+        None,
+    );
+    let machine_stream = watch(
+        api(client, &scope),
+        watcher::Config::default(),
+        machine_writer,
+        trim_meta,
+        &mut synced,
+        &watches,
+        Some(wake_on_deletions(&watches.deleted)),
+    );
+    let cluster_stream = watch(
+        api(client, &scope),
+        watcher::Config::default(),
+        cluster_writer,
+        trim_meta,
+        &mut synced,
+        &watches,
+        Some(wake_on_deletions(&watches.deleted)),
+    );
+    // Only Secrets CAPI labels with a cluster name: unrelated Secrets are never cached.
+    let secret_stream = watch(
+        api(client, &scope),
+        watcher::Config::default().labels(CLUSTER_NAME_LABEL),
+        secret_writer,
+        trim_secret,
+        &mut synced,
+        &watches,
+        Some(wake_on_deletions(&watches.deleted)),
+    );
+    let stores = Stores {
+        metal3_machines: metal3_machines.clone(),
+        hosts,
+        machines: machines.clone(),
+        clusters,
+        secrets,
+        namespace: scope,
+        synced,
+    };
+    let clock = shared.clone();
+    let ctx = Arc::new(Context {
+        shared,
+        stores: stores.clone(),
+    });
+    let mappers = Mappers {
+        metal3_machines: metal3_machines.clone(),
+        machines,
+    };
+    let (for_host, for_machine, for_secret, for_cluster) =
+        (mappers.clone(), mappers.clone(), mappers.clone(), mappers);
+    let run = Controller::for_stream(m3m_stream, metal3_machines)
+        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .watches_stream(host_stream, move |host| {
+            let consumers = for_host.consumers_of(&host);
+            if let Tolerant::Read(host) = &host
+                && host
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.provisioning.state == PROVISIONED)
+            {
+                // Only this shard's own, known Metal3Machines are remembered.
+                for m3m in &consumers {
+                    let owned = for_host.metal3_machines.get(m3m).is_some_and(|m| {
+                        clock.shard.owns(
+                            m.namespace().as_deref().unwrap_or_default(),
+                            m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
+                        )
+                    });
+                    if owned {
+                        clock
+                            .book
+                            .saw_need(timing_key(m3m.namespace.as_deref(), &m3m.name));
+                    }
+                }
+            }
+            consumers
+        })
+        .watches_stream(machine_stream, move |machine| {
+            for_machine.infrastructure_of(&machine)
+        })
+        .watches_stream(secret_stream, move |secret| {
+            let cluster = secret.labels().get(CLUSTER_NAME_LABEL).cloned();
+            match (secret.namespace(), cluster) {
+                (Some(ns), Some(cluster)) => for_secret.machines_of_cluster(&ns, &cluster),
+                _ => Vec::new(),
+            }
+        })
+        .watches_stream(cluster_stream, move |cluster| match cluster.namespace() {
+            Some(ns) => for_cluster.machines_of_cluster(&ns, &cluster.name_any()),
+            None => Vec::new(),
+        })
+        .graceful_shutdown_on(stopped)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                // Reconcile errors were logged with their context already; what is left
+                // is the queue's own (e.g. an object gone before its turn).
+                debug!(error = %e, "controller");
+            }
+            futures::future::ready(())
+        });
+    (stores, run)
+}
+
+type M3mRef = ObjectRef<Tolerant<Metal3Machine>>;
+
+/// Which Metal3Machines a change of another object concerns. An object that cannot be
+/// read still names its Metal3Machines: through what they say of it (their host
+/// annotation, their owner), so that they report it, and are looked at again once it is
+/// readable.
+#[derive(Clone)]
+struct Mappers {
+    metal3_machines: Store<Tolerant<Metal3Machine>>,
+    machines: Store<Tolerant<Machine>>,
+}
+
+impl Mappers {
+    /// A host change concerns the Metal3Machine that consumes it.
+    fn consumers_of(&self, host: &Tolerant<BareMetalHost>) -> Vec<M3mRef> {
+        match host {
+            Tolerant::Read(host) => consumer_of(host).into_iter().collect(),
+            Tolerant::Unreadable(_) => {
+                let (Some(ns), name) = (host.namespace(), host.name_any()) else {
+                    return Vec::new();
+                };
+                let annotation = format!("{ns}/{name}");
+                self.metal3_machines_where(&ns, |m| {
+                    m.annotations().get(BMH_ANNOTATION) == Some(&annotation)
+                })
+            }
+        }
+    }
+
+    /// A Machine change (e.g. its cluster label) concerns its Metal3Machine.
+    fn infrastructure_of(&self, machine: &Tolerant<Machine>) -> Vec<M3mRef> {
+        match machine {
+            Tolerant::Read(machine) => infrastructure_of(machine).into_iter().collect(),
+            Tolerant::Unreadable(_) => {
+                let (Some(ns), name) = (machine.namespace(), machine.name_any()) else {
+                    return Vec::new();
+                };
+                self.metal3_machines_where(&ns, |m| {
+                    m.read()
+                        .is_ok_and(|m| plan::owner_machine(m) == Some(name.as_str()))
+                })
+            }
+        }
+    }
+
+    /// A kubeconfig Secret or Cluster change concerns every Metal3Machine of that cluster.
+    fn machines_of_cluster(&self, namespace: &str, cluster: &str) -> Vec<M3mRef> {
+        self.machines
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(namespace))
+            .filter(|m| m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str) == Some(cluster))
+            .flat_map(|m| self.infrastructure_of(m))
+            .collect()
+    }
+
+    fn metal3_machines_where(
+        &self,
+        namespace: &str,
+        wanted: impl Fn(&Tolerant<Metal3Machine>) -> bool,
+    ) -> Vec<M3mRef> {
+        self.metal3_machines
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(namespace) && wanted(m))
+            .map(|m| ObjectRef::from(m.as_ref()))
+            .collect()
+    }
+}
+
+/// The Metal3Machine a readable host's consumerRef names.
+fn consumer_of(host: &BareMetalHost) -> Option<M3mRef> {
+    let consumer = host.spec.consumer_ref.as_ref()?;
+    if consumer.kind.as_deref() != Some("Metal3Machine") {
+        return None;
+    }
+    let namespace = consumer.namespace.clone().or_else(|| host.namespace())?;
+    Some(ObjectRef::new(consumer.name.as_deref()?).within(&namespace))
+}
+
+/// The Metal3Machine a readable Machine's infrastructureRef names.
+fn infrastructure_of(machine: &Machine) -> Option<M3mRef> {
+    let infra = &machine.spec.infrastructure_ref;
+    if infra.kind != "Metal3Machine" || infra.name.is_empty() {
+        return None;
+    }
+    Some(ObjectRef::new(&infra.name).within(&machine.namespace()?))
+}
+
+async fn reconcile(obj: Arc<Tolerant<Metal3Machine>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The controller starts once the Metal3Machine store is ready; the lookups need the
+    // others too, or a restart would report every host "not found".
+    ctx.stores.wait_ready().await;
+    // Another shard's Metal3Machine: not even a metric or a log line here.
+    if !ctx.shared.shard.owns(
+        obj.namespace().as_deref().unwrap_or_default(),
+        obj.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
+    ) {
+        return Ok(Action::await_change());
+    }
+    let span = info_span!(
+        "reconcile",
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any()
+    );
+    let started = Instant::now();
+    let result = match obj.read() {
+        Ok(m3m) => reconcile_one(m3m, &ctx).instrument(span.clone()).await,
+        Err(problem) => Err(Error::Metal3MachineUnreadable {
+            problem: problem.clone(),
+        }),
+    };
+    let label = match &result {
+        Ok((_, r)) => *r,
+        Err(_) => ReconcileResult::Error,
+    };
+    let shared = &ctx.shared;
+    shared
+        .metrics
+        .reconcile_duration
+        .with_label_values(&[label.label()])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((action, _)) => {
+            lock(&shared.book.failures).remove(&ObjectRef::from(obj.as_ref()));
+            Ok(action)
+        }
+        Err(err) => {
+            shared.metrics.reconcile_error(&err);
+            warn!(parent: &span, reason = err.reason(), error = %err, "cannot give this Metal3Machine its Node");
+            publish(
+                shared,
+                obj.object_ref(&()),
+                EventType::Warning,
+                err.event_reason(),
+                err.to_string(),
+            );
+            Err(err)
+        }
+    }
+}
+
+async fn reconcile_one(
+    m3m: &Metal3Machine,
+    ctx: &Context,
+) -> Result<(Action, ReconcileResult), Error> {
+    let shared = &ctx.shared;
+    let key = timing_key(m3m.namespace().as_deref(), &m3m.name_any());
+    let now = Timestamp::now();
+    match plan::plan(m3m, &ctx.stores, &Time(now))? {
+        Plan::Closed => {
+            let timing = lock(&shared.book.timings).remove(&key);
+            if let Some(created) = timing.and_then(|t| t.node_created) {
+                shared
+                    .metrics
+                    .provider_id_latency
+                    .observe(elapsed_seconds(created, now));
+                debug!("CAPM3 set the providerID");
+            }
+            Ok((Action::await_change(), ReconcileResult::Closed))
+        }
+        Plan::WaitForHost { host, state } => {
+            debug!(%host, %state, "waiting for the host to be provisioned");
+            Ok((Action::await_change(), ReconcileResult::Waiting))
+        }
+        Plan::Ensure(desired) => {
+            let fidelity = &shared.fidelity;
+            let metrics = &shared.metrics;
+            let host_uid = node::host_uid(&desired.node)
+                .unwrap_or_default()
+                .to_string();
+            let node = desired.node.metadata.name.clone().unwrap_or_default();
+            if fidelity.fate(&host_uid) == Fate::NeverReady {
+                let first = {
+                    let mut timings = lock(&shared.book.timings);
+                    let timing = timings.entry(key).or_default();
+                    !std::mem::replace(&mut timing.withheld, true)
+                };
+                if first {
+                    metrics
+                        .faults_injected
+                        .with_label_values(&["never_ready"])
+                        .inc();
+                    info!(cluster = %desired.cluster, %node, "fault injection: this machine never gets a Node");
+                }
+                return Ok((Action::await_change(), ReconcileResult::Waiting));
+            }
+            let needed = {
+                let mut timings = lock(&shared.book.timings);
+                let timing = timings.entry(key.clone()).or_default();
+                *timing.needed.get_or_insert(now)
+            };
+            // The start of the creation latency, and of the startup delay.
+            let start = needed_since(
+                desired.provisioned_at.as_ref().map(|t| t.0),
+                needed,
+                shared.started,
+            );
+            let due = fidelity.startup_due(start, &host_uid);
+            if now < due {
+                let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
+                debug!(
+                    wait_seconds = wait.as_secs_f64(),
+                    "startup delay: the host is still booting"
+                );
+                return Ok((Action::requeue(wait), ReconcileResult::Waiting));
+            }
+            let workload = shared
+                .workloads
+                .client(&desired.cluster, &desired.kubeconfig)
+                .await?;
+            metrics.workload_clients.set(shared.workloads.len() as i64);
+            if fidelity.tracks_nodes() {
+                // After a restart, know first which of the cluster's Nodes are ours and
+                // which a fault has stopped.
+                shared.kubelets.adopt(&workload, metrics).await?;
+                if shared.kubelets.is_stopped(&desired.cluster, &node) {
+                    debug!(%node, "its kubelet stopped posting (an injected fault): left NotReady");
+                    return Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured));
+                }
+            }
+            // Before the Node: once CAPM3 sees the Node, this Metal3Machine is done.
+            if fidelity.annotate_certificate_expiry
+                && desired.kubeadm_config.is_some()
+                && !lock(&shared.book.timings)
+                    .get(&key)
+                    .is_some_and(|t| t.certificates_annotated)
+                && let Some(machine) = plan::owner_machine(m3m)
+            {
+                certificate_expiry::annotate(
+                    &shared.client,
+                    &shared.kube_limiter,
+                    &desired.cluster.namespace,
+                    machine,
+                    Timestamp::now(),
+                )
+                .await?;
+                lock(&shared.book.timings)
+                    .entry(key.clone())
+                    .or_default()
+                    .certificates_annotated = true;
+            }
+            if fidelity.static_pods
+                && let Some(facts) = StaticPodFacts::of_node(&desired.node)
+            {
+                let unpostable = static_pods::unpostable(&facts, fidelity.stacked_etcd_pods);
+                if !unpostable.is_empty() {
+                    warn!(%node, pods = %unpostable.join(", "), "mirror Pods skipped: their names would exceed 253 characters");
+                    publish(
+                        shared,
+                        m3m.object_ref(&()),
+                        EventType::Warning,
+                        "MirrorPodNameInvalid".into(),
+                        format!(
+                            "the mirror Pods {} were skipped: their names would exceed 253 \
+                             characters (a kubelet fails them alone; the Node is registered)",
+                            unpostable.join(", ")
+                        ),
+                    );
+                }
+                let pods = static_pods::static_pods(&facts, fidelity.stacked_etcd_pods, &Time(now));
+                let created = apply::ensure_static_pods(&workload, &pods, metrics).await?;
+                metrics.static_pods_created.inc_by(created as u64);
+                if created > 0 {
+                    debug!(%node, created, "created static pods");
+                }
+            }
+            let outcome = apply::ensure(&workload, &desired, metrics).await?;
+            let mut lease_owner = apply::LeaseOwner::Unknown;
+            if fidelity.heartbeats()
+                && let Some(node_uid) = &outcome.node_uid
+            {
+                let lease = lease::node_lease(&node, node_uid, &MicroTime(Timestamp::now()));
+                if let Some(uid) = apply::ensure_lease(&workload, &lease, metrics).await? {
+                    lease_owner = apply::LeaseOwner::Ours(uid);
+                }
+            }
+            if fidelity.tracks_nodes()
+                && let Some(record) = kubelet::record_of(
+                    &desired.node,
+                    outcome.node_uid.as_deref(),
+                    outcome.node_since.as_ref().map(|t| t.0),
+                    lease_owner,
+                )
+            {
+                shared.kubelets.register(&desired.cluster, record);
+            }
+            if outcome.kubeadm_config_created {
+                metrics.kubeadm_configs_created.inc();
+                info!(cluster = %desired.cluster, "created kube-system/kubeadm-config");
+            }
+            // A Node counts once, by the process that makes it Ready: the one that created
+            // it, or the one that finds it not Ready yet (its creator was cut short).
+            if outcome.node_created.is_some() || outcome.status_repaired {
+                let created = Timestamp::now();
+                let latency = elapsed_seconds(start, created);
+                metrics.nodes_created.inc();
+                metrics.node_creation_latency.observe(latency);
+                lock(&shared.book.timings)
+                    .entry(key)
+                    .or_default()
+                    .node_created = Some(created);
+                info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
+                let mut note = format!(
+                    "created Ready Node {node} for host {} in workload cluster {}",
+                    desired.host, desired.cluster
+                );
+                if !desired.ignored.is_empty() {
+                    let ignored = desired.ignored.join("; ");
+                    warn!(%node, %ignored, "values that make no sense for a Node were ignored; defaults used");
+                    note.push_str("; ignored, defaults used: ");
+                    note.push_str(&ignored);
+                }
+                publish(
+                    shared,
+                    m3m.object_ref(&()),
+                    EventType::Normal,
+                    "FakeNodeCreated".into(),
+                    note,
+                );
+            }
+            Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
+        }
+    }
+}
+
+/// When the Metal3Machine started needing its Node. If the host finished provisioning
+/// before this process started, the need predates the process (a restart): the
+/// baremetal-operator's timestamp is the only record. Otherwise this process saw the need
+/// arise, and its own sub-second observation is the better clock. (The 1 s slack covers
+/// the API's whole-second timestamps.)
+pub fn needed_since(
+    provisioned_at: Option<Timestamp>,
+    first_seen: Timestamp,
+    process_started: Timestamp,
+) -> Timestamp {
+    match provisioned_at {
+        Some(p) if p + jiff::SignedDuration::from_secs(1) < process_started => p,
+        _ => first_seen,
+    }
+}
+
+/// Queues an Event about the Metal3Machine; drops it (counted) if the queue is full.
+fn publish(
+    shared: &Shared,
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: String,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason,
+        // The Events API caps a note at 1 kB.
+        note: Some(crate::tolerant::bounded(note, 1024)),
+        action: "EnsureNode".into(),
+        secondary: None,
+    };
+    if shared.events.try_send((event, regarding)).is_err() {
+        shared.metrics.events_dropped.inc();
+        debug!("Event queue full: Event dropped");
+    }
+}
+
+fn error_policy(m3m: Arc<Tolerant<Metal3Machine>>, err: &Error, ctx: Arc<Context>) -> Action {
+    let shared = &ctx.shared;
+    if err.is_permanent() {
+        // The object at fault must change first; its change wakes this Metal3Machine.
+        return Action::await_change();
+    }
+    // A 422 fails the same way until an input changes, but that input may be in the
+    // workload cluster (an admission policy), which no watch here sees: a slow retry.
+    if matches!(err, Error::WorkloadInvalid { .. }) {
+        return Action::requeue(shared.max_retry_delay);
+    }
+    let attempt = {
+        let mut failures = lock(&shared.book.failures);
+        let n = failures.entry(ObjectRef::from(m3m.as_ref())).or_insert(0);
+        *n += 1;
+        *n
+    };
+    // Nothing says when a workload API server is back: look at least this often, as a
+    // booting kubelet retries its registration.
+    let cap = match err {
+        Error::WorkloadUnreachable { .. } => shared.max_retry_delay.min(UNREACHABLE_RETRY_CAP),
+        _ => shared.max_retry_delay,
+    };
+    Action::requeue(retry_delay(&shared.backoff, attempt, cap))
+}
+
+/// The delay before retry number `attempt` (1-based): exponential, jittered, capped.
+pub fn retry_delay(backoff: &ExponentialBuilder, attempt: usize, max: Duration) -> Duration {
+    backoff
+        .build()
+        .nth(attempt.saturating_sub(1))
+        .unwrap_or(max)
+        .min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let max = Duration::from_secs(60);
+        let b = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(max)
+            .with_factor(2.0)
+            .without_max_times();
+        let delays: Vec<_> = (1..=10)
+            .map(|a| retry_delay(&b, a, max).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        // With jitter, never above the cap and never zero.
+        let j = b.with_jitter();
+        for a in 1..50 {
+            let d = retry_delay(&j, a, max);
+            assert!(d >= Duration::from_secs(1) && d <= max, "{a}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn the_need_predates_a_restart_only_by_the_operators_clock() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let started = t("2026-11-26T10:00:00Z");
+        let seen = t("2026-11-26T10:00:05.250Z");
+        // Provisioned long before this process started: a restart; use the BMO's time.
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T09:59:00Z")), seen, started),
+            t("2026-11-26T09:59:00Z")
+        );
+        // Provisioned while running (whole seconds): our own observation is finer.
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T10:00:05Z")), seen, started),
+            seen
+        );
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T09:59:59.5Z")), seen, started),
+            seen
+        );
+        assert_eq!(needed_since(None, seen, started), seen);
+    }
+
+    #[test]
+    fn a_host_maps_to_its_consumer_and_a_machine_to_its_infrastructure() {
+        let host: BareMetalHost = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "ns"},
+            "spec": {"consumerRef": {"kind": "Metal3Machine", "name": "m3m"}}
+        }))
+        .unwrap();
+        assert_eq!(consumer_of(&host), Some(ObjectRef::new("m3m").within("ns")));
+        let other: BareMetalHost = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "ns"},
+            "spec": {"consumerRef": {"kind": "Pod", "name": "p"}}
+        }))
+        .unwrap();
+        assert_eq!(consumer_of(&other), None);
+        let machine: Machine = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": {"clusterName": "c", "infrastructureRef":
+                     {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "Metal3Machine", "name": "m3m"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            infrastructure_of(&machine),
+            Some(ObjectRef::new("m3m").within("ns"))
+        );
+    }
+
+    fn tolerant<K: View>(value: serde_json::Value) -> Tolerant<K> {
+        Tolerant::from_value(value).unwrap()
+    }
+
+    fn store_of<K>(objects: Vec<Tolerant<K>>) -> Store<Tolerant<K>>
+    where
+        K: View + Clone,
+    {
+        let (store, mut writer) = reflector::store();
+        for obj in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        store
+    }
+
+    #[test]
+    fn unreadable_hosts_and_machines_still_wake_their_metal3machines() {
+        let m3m = |name: &str, host: &str, owner: &str| {
+            tolerant::<Metal3Machine>(serde_json::json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2", "kind": "Metal3Machine",
+                "metadata": {"name": name, "namespace": "ns",
+                             "annotations": {BMH_ANNOTATION: format!("ns/{host}")},
+                             "ownerReferences": [{"apiVersion": "cluster.x-k8s.io/v1beta2",
+                                                  "kind": "Machine", "name": owner, "uid": "u"}]},
+                "spec": {}
+            }))
+        };
+        let machine = |name: &str, version: serde_json::Value| {
+            tolerant::<Machine>(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": {CLUSTER_NAME_LABEL: "c"}},
+                "spec": {"clusterName": "c", "version": version,
+                         "infrastructureRef": {"kind": "Metal3Machine", "name": format!("{name}-m3m")}}
+            }))
+        };
+        let mappers = Mappers {
+            metal3_machines: store_of(vec![
+                m3m("a-m3m", "host-a", "a"),
+                m3m("b-m3m", "host-b", "b"),
+            ]),
+            machines: store_of(vec![
+                machine("a", serde_json::json!("v1.34.1")),
+                machine("b", serde_json::json!({"not": "a version"})),
+            ]),
+        };
+        let names = |refs: Vec<M3mRef>| {
+            let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            names.sort();
+            names
+        };
+        // An unreadable host has no consumerRef to read: the annotation names it.
+        let host = tolerant::<BareMetalHost>(serde_json::json!({
+            "metadata": {"name": "host-b", "namespace": "ns"},
+            "spec": {"consumerRef": {"kind": "Metal3Machine", "name": "b-m3m"}},
+            "status": {"hardware": {"cpu": {"count": "many"}}}
+        }));
+        assert!(host.read().is_err());
+        assert_eq!(names(mappers.consumers_of(&host)), ["b-m3m"]);
+        // An unreadable Machine has no infrastructureRef to read: the owner names it.
+        let b = machine("b", serde_json::json!({"not": "a version"}));
+        assert!(b.read().is_err());
+        assert_eq!(names(mappers.infrastructure_of(&b)), ["b-m3m"]);
+        // A cluster's change reaches the Metal3Machines of readable and unreadable Machines.
+        assert_eq!(
+            names(mappers.machines_of_cluster("ns", "c")),
+            ["a-m3m", "b-m3m"]
+        );
+        assert!(mappers.machines_of_cluster("other", "c").is_empty());
+    }
+
+    #[test]
+    fn an_object_that_turns_unreadable_replaces_its_readable_copy() {
+        let host = |count: serde_json::Value| {
+            tolerant::<BareMetalHost>(serde_json::json!({
+                "metadata": {"name": "h", "namespace": "ns", "uid": "u"},
+                "spec": {}, "status": {"hardware": {"cpu": {"count": count}}}
+            }))
+        };
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!(8))));
+        let key = ObjectRef::new("h").within("ns");
+        assert!(store.get(&key).unwrap().read().is_ok());
+        writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!("eight"))));
+        assert!(
+            store.get(&key).unwrap().read().is_err(),
+            "never the stale copy"
+        );
+        assert_eq!(store.state().len(), 1);
+        writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!(4))));
+        assert!(store.get(&key).unwrap().read().is_ok());
+    }
+
+    #[test]
+    fn the_bookkeeping_forgets_metal3machines_that_are_gone() {
+        let book = Bookkeeping::default();
+        for (ns, name) in [("a", "m1"), ("a", "m2"), ("b", "m3")] {
+            book.saw_need(timing_key(Some(ns), name));
+            *lock(&book.failures)
+                .entry(ObjectRef::new(name).within(ns))
+                .or_default() += 1;
+        }
+        assert_eq!(book.len(), 6);
+        book.forget("a", "m1");
+        assert_eq!(book.len(), 4);
+        // A re-list of namespace `a` that no longer holds m2: b's are not its to judge.
+        book.retain(|ns| ns == "a", |_, _| false);
+        assert_eq!(book.len(), 2);
+        assert!(lock(&book.timings).contains_key("b/m3"));
+        book.retain(|_| true, |ns, name| (ns, name) == ("b", "m3"));
+        assert_eq!(book.len(), 2, "what exists stays");
+    }
+}

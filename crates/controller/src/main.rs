@@ -1,0 +1,147 @@
+//! Wiring only: parse the command line, start logging, serve HTTP, run the controller.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use metal3_fakenode::cli::{Cli, Command, RunArgs};
+use metal3_fakenode::controller::{self, Config};
+use metal3_fakenode::http::{self, Health};
+use metal3_fakenode::metrics::Metrics;
+use metal3_fakenode::shutdown::{self, Ending, Stop};
+use metal3_fakenode::{leadership, telemetry};
+use tracing::{error, info};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let grace = args.shutdown_grace;
+            let work = |stop| run(*args, stop);
+            match shutdown::run_until_deadline(work, shutdown::signals(), grace).await {
+                Ending::Finished(result) => result,
+                // Not a return: dropping the runtime would wait for its blocking tasks
+                // (a DNS lookup, say) without bound.
+                Ending::GraceRanOut | Ending::SecondSignal => {
+                    std::process::exit(i32::from(shutdown::UNFINISHED_EXIT_CODE))
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("metal3-fakenode: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The controller process until `stop` and the end of its running work.
+async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<()> {
+    // Reaching the API server may hang; a stop before it answers has nothing to finish.
+    let Some(config) = stop.unless_requested(kube::Config::infer()).await else {
+        return Ok(());
+    };
+    let client = controller::management_client(config?)?;
+    let shard = args.shard().map_err(anyhow::Error::msg)?;
+    let metrics = Arc::new(Metrics::for_shard(
+        shard.is_sharded().then_some(shard.index),
+    )?);
+    let health = Arc::new(Health::new(metrics.clone()));
+    let listener = http::bind(args.metrics_bind_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.metrics_bind_address))?;
+    info!(address = %args.metrics_bind_address, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(http::serve(listener, health.clone(), stop.requested()));
+    let config = Config {
+        namespaces: args.namespaces.clone(),
+        selector: args.selector.clone(),
+        concurrency: args.concurrency,
+        kube_qps: args.kube_qps,
+        kube_burst: args.kube_burst,
+        workload: args.workload_settings(),
+        max_retry_delay: args.max_retry_delay,
+        watch_down_grace: args.watch_down_grace,
+        instance: std::env::var("POD_NAME").ok(),
+        fidelity: args.fidelity(),
+        shard,
+    };
+    if args.leader_elect {
+        let settings = args.leader_election(shard);
+        settings.check().map_err(anyhow::Error::msg)?;
+        lead(client, config, metrics, health, settings, stop).await?;
+    } else {
+        metrics.leader.set(1);
+        controller::run(client, config, metrics, health, stop.requested()).await;
+    }
+    server.await??;
+    info!("stopped");
+    Ok(())
+}
+
+/// Runs the controller while this replica leads, standing by otherwise, until `stop`.
+/// On a lost leadership the controller is told to stop and given half the grace period to
+/// drain; whatever is left is dropped, so nothing is written once the Lease can expire.
+/// After `stop`, the running controller drains within the shutdown grace (the caller's
+/// deadline).
+async fn lead(
+    client: kube::Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    settings: leadership::Settings,
+    stop: Stop,
+) -> anyhow::Result<()> {
+    info!(lease = %settings.lease_name, namespace = %settings.namespace, identity = %settings.identity, "standing for election");
+    let drain = settings.grace / 2;
+    let Some(leading) = stop
+        .unless_requested(leadership::elect(client.clone(), settings))
+        .await
+    else {
+        return Ok(());
+    };
+    let mut leading = leading?;
+    let mut shutdown = std::pin::pin!(stop.requested());
+    loop {
+        // A standby is healthy and ready: a rollout must not wait for a leader change.
+        metrics.leader.set(0);
+        health.set_ready(true);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            won = leading.wait_for(|l| *l) => {
+                won.map_err(|_| anyhow::anyhow!("leader election stopped"))?;
+            }
+        }
+        metrics.leader.set(1);
+        health.set_ready(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_leading = async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut run = std::pin::pin!(controller::run(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            health.clone(),
+            stop_leading,
+        ));
+        tokio::select! {
+            _ = &mut run => {}
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                run.await;
+                return Ok(());
+            }
+            _ = leading.wait_for(|l| !*l) => {
+                let _ = stop_tx.send(true);
+                metrics.leader.set(0);
+                let _ = tokio::time::timeout(drain, &mut run).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Observe: the reflector stores of one watch scope (one namespace, or all), and the
+//! lookups the plan and the cleanup read them through. The controller's watches fill
+//! them.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Resource;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::plan::{self, Found, Inventory, Lookup};
+use crate::resources::{BareMetalHost, Cluster, Machine, Metal3Machine, PROVISIONED};
+use crate::tolerant::Tolerant;
+
+/// The reflector stores of one watch scope.
+#[derive(Clone)]
+pub struct Stores {
+    pub metal3_machines: Store<Tolerant<Metal3Machine>>,
+    pub hosts: Store<Tolerant<BareMetalHost>>,
+    pub machines: Store<Tolerant<Machine>>,
+    pub clusters: Store<Tolerant<Cluster>>,
+    pub secrets: Store<Tolerant<Secret>>,
+    /// The watched namespace; `None`: all.
+    pub(crate) namespace: Option<String>,
+    /// One flag per watch, set once its first list is in the store. Not
+    /// `Store::wait_until_ready`: that future keeps a single waker, so concurrent waiters
+    /// (the controller's applier, the readiness probe, reconciles) would starve each other.
+    pub(crate) synced: Vec<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Stores {
+    /// Waits until every store of the scope has been filled by its first list.
+    pub(crate) async fn wait_ready(&self) {
+        for synced in &self.synced {
+            let mut synced = synced.clone();
+            // Err: the watch is gone, i.e. the controller is shutting down.
+            let _ = synced.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Whether every store of the scope has been filled by its first list.
+    pub(crate) fn is_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s.borrow())
+    }
+
+    /// Whether the scope watches `namespace`.
+    pub(crate) fn covers(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
+    }
+
+    /// Metal3Machines without a providerID whose host is provisioned.
+    pub(crate) fn pending(&self) -> usize {
+        self.metal3_machines
+            .state()
+            .iter()
+            .filter_map(|m| m.read().ok())
+            .filter(|m| m.spec.provider_id.as_deref().is_none_or(str::is_empty))
+            .filter(|m| {
+                plan::host_ref(m).ok().is_some_and(|(ns, name)| {
+                    self.host(&ns, &name).is_some_and(|h| {
+                        h.read().is_ok_and(|h| {
+                            h.status
+                                .as_ref()
+                                .is_some_and(|s| s.provisioning.state == PROVISIONED)
+                        })
+                    })
+                })
+            })
+            .count()
+    }
+
+    /// Objects kept as unreadable, by resource (plural), for the metric.
+    pub(crate) fn unreadable(&self) -> [(&'static str, usize); 5] {
+        fn count<K: Resource + Clone>(store: &Store<Tolerant<K>>) -> usize
+        where
+            Tolerant<K>: Resource,
+            <Tolerant<K> as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            store.state().iter().filter(|o| o.read().is_err()).count()
+        }
+        [
+            ("metal3machines", count(&self.metal3_machines)),
+            ("baremetalhosts", count(&self.hosts)),
+            ("machines", count(&self.machines)),
+            ("clusters", count(&self.clusters)),
+            ("secrets", count(&self.secrets)),
+        ]
+    }
+}
+
+fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    store.get(&ObjectRef::new(name).within(namespace))
+}
+
+impl Lookup for Stores {
+    fn host(&self, namespace: &str, name: &str) -> Found<BareMetalHost> {
+        get(&self.hosts, namespace, name)
+    }
+    fn machine(&self, namespace: &str, name: &str) -> Found<Machine> {
+        get(&self.machines, namespace, name)
+    }
+    fn cluster(&self, namespace: &str, name: &str) -> Found<Cluster> {
+        get(&self.clusters, namespace, name)
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Found<Secret> {
+        get(&self.secrets, namespace, name)
+    }
+}
+
+impl Inventory for Stores {
+    fn metal3_machine_exists(&self, namespace: &str, name: &str) -> bool {
+        get(&self.metal3_machines, namespace, name).is_some()
+    }
+}

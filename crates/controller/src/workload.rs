@@ -1,0 +1,786 @@
+//! Clients for the workload clusters, built from their CAPI kubeconfig Secrets: one per
+//! cluster, cached, rebuilt as soon as the Secret's kubeconfig changes (rotation), each with
+//! its own connect/request timeouts and rate limit so that one dead or slow workload
+//! cluster never holds up the others.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use kube::Client;
+use kube::client::RustlsTlsError;
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
+use secrecy::ExposeSecret;
+
+use crate::error::Error;
+use crate::plan::{ClusterKey, KubeconfigSource};
+
+/// Replaces the start of a workload API server URL, as the original scale tests did by
+/// editing the kubeconfig when they reached the workload clusters through a port-forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerRewrite {
+    pub from: String,
+    pub to: String,
+}
+
+impl std::str::FromStr for ServerRewrite {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (from, to) = s
+            .split_once('=')
+            .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+            .ok_or_else(|| {
+                format!("{s:?} is not FROM=TO (e.g. https://10.0.0.5:6443=https://127.0.0.1:16443)")
+            })?;
+        Ok(Self {
+            from: from.to_string(),
+            to: to.to_string(),
+        })
+    }
+}
+
+/// How workload clients are built.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub qps: NonZeroU32,
+    pub burst: NonZeroU32,
+    pub rewrites: Vec<ServerRewrite>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            qps: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(40).unwrap_or(NonZeroU32::MIN),
+            rewrites: Vec::new(),
+        }
+    }
+}
+
+/// A client for one workload cluster, with the rate limit every request must pass.
+#[derive(Clone)]
+pub struct WorkloadClient {
+    pub cluster: ClusterKey,
+    pub client: Client,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+impl WorkloadClient {
+    /// Waits for the cluster's rate limit; call before every request.
+    pub async fn throttle(&self) {
+        self.limiter.until_ready().await;
+    }
+}
+
+struct Entry {
+    fingerprint: u64,
+    client: WorkloadClient,
+}
+
+/// The cache of workload clients, keyed by cluster.
+pub struct WorkloadClients {
+    settings: Settings,
+    entries: Mutex<HashMap<ClusterKey, Entry>>,
+}
+
+impl WorkloadClients {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for `cluster`, built from `source` unless one built from the very same
+    /// kubeconfig is cached: a rotated Secret (new server, new credentials) takes effect
+    /// on the next request.
+    pub async fn client(
+        &self,
+        cluster: &ClusterKey,
+        source: &KubeconfigSource,
+    ) -> Result<WorkloadClient, Error> {
+        let fingerprint = fingerprint(&source.value.0);
+        if let Some(entry) = self.lock().get(cluster)
+            && entry.fingerprint == fingerprint
+        {
+            return Ok(entry.client.clone());
+        }
+        let client = WorkloadClient {
+            cluster: cluster.clone(),
+            client: build_client(source, &self.settings).await?,
+            limiter: Arc::new(RateLimiter::direct(
+                Quota::per_second(self.settings.qps).allow_burst(self.settings.burst),
+            )),
+        };
+        self.lock().insert(
+            cluster.clone(),
+            Entry {
+                fingerprint,
+                client: client.clone(),
+            },
+        );
+        Ok(client)
+    }
+
+    /// The cached client of a cluster, if one was built: for work that outlives a
+    /// reconcile (heartbeats, cleanup), which must not build clients of its own.
+    pub fn cached(&self, cluster: &ClusterKey) -> Option<WorkloadClient> {
+        self.lock().get(cluster).map(|e| e.client.clone())
+    }
+
+    /// The clusters with a cached client.
+    pub fn clusters(&self) -> Vec<ClusterKey> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Drops the cached client of a cluster (its Secret is gone).
+    pub fn forget(&self, cluster: &ClusterKey) {
+        self.lock().remove(cluster);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated (every
+        // operation is a single insert/remove/get), so a poisoned lock is still usable.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Parses a kubeconfig from Secret data. Credentials that would make this process run a
+/// program or read local files are refused: a Secret must never execute anything here.
+/// No message quotes the Secret (YAML errors give a line and column): it holds credentials,
+/// and messages end up in logs and Events.
+pub fn parse_kubeconfig(source: &KubeconfigSource) -> Result<Kubeconfig, Error> {
+    let invalid = |message: String| Error::KubeconfigInvalid {
+        secret: source.secret.clone(),
+        message,
+    };
+    let text = std::str::from_utf8(&source.value.0)
+        .map_err(|e| invalid(format!("not UTF-8 after byte {}", e.valid_up_to())))?;
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(describe(&e)))?;
+    if kubeconfig.clusters.is_empty() && kubeconfig.auth_infos.is_empty() {
+        return Err(invalid("no clusters and no users".into()));
+    }
+    let unusable = |message: String| Error::KubeconfigUnusable {
+        secret: source.secret.clone(),
+        message,
+    };
+    let clusters = kubeconfig.clusters.len();
+    for (i, cluster) in kubeconfig.clusters.iter().enumerate() {
+        if cluster
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.certificate_authority.is_some())
+        {
+            return Err(unusable(format!(
+                "cluster {} of {clusters} uses a certificate authority file path; only \
+                 inline certificate-authority-data is accepted",
+                i + 1
+            )));
+        }
+    }
+    let users = kubeconfig.auth_infos.len();
+    for (i, user) in kubeconfig.auth_infos.iter().enumerate() {
+        let Some(auth) = &user.auth_info else {
+            continue;
+        };
+        const INLINE: &str = "only inline credentials are accepted";
+        let refused = if auth.exec.is_some() {
+            Some(format!("uses an exec credential plugin; {INLINE}"))
+        } else if auth.auth_provider.is_some() {
+            Some(format!("uses an auth provider; {INLINE}"))
+        } else if auth.client_certificate.is_some() || auth.client_key.is_some() {
+            Some(format!("uses a client certificate file path; {INLINE}"))
+        } else if auth.token_file.is_some() {
+            Some(format!("uses a token file path; {INLINE}"))
+        } else if auth
+            .token
+            .as_ref()
+            .is_some_and(|t| !is_header_value(t.expose_secret()))
+        {
+            // kube's client panics on such a token: refused here, it is an error instead.
+            Some("has a token that is not a valid HTTP header value".to_string())
+        } else {
+            None
+        };
+        if let Some(what) = refused {
+            return Err(unusable(format!("user {} of {users} {what}", i + 1)));
+        }
+    }
+    Ok(kubeconfig)
+}
+
+fn is_header_value(token: &str) -> bool {
+    http::HeaderValue::try_from(format!("Bearer {token}")).is_ok()
+}
+
+/// What is wrong with a kubeconfig, without kube's own message: that one quotes names,
+/// data and (for YAML errors) the offending lines.
+fn describe(e: &KubeconfigError) -> String {
+    let data = |field: &str, e: &LoadDataError| match e {
+        LoadDataError::DecodeBase64(_) => format!("{field}-data is not base64"),
+        LoadDataError::ReadFile(..) => format!("{field} names a file that cannot be read"),
+        LoadDataError::NoBase64DataOrFile => format!("{field}-data is empty"),
+    };
+    match e {
+        KubeconfigError::Parse(yaml) => match yaml.location() {
+            Some(at) => format!(
+                "its YAML does not parse as a kubeconfig (line {}, column {})",
+                at.line(),
+                at.column()
+            ),
+            None => "its YAML does not parse as a kubeconfig".into(),
+        },
+        KubeconfigError::CurrentContextNotSet => "no current-context".into(),
+        KubeconfigError::LoadContext(_) => "the current-context is not among its contexts".into(),
+        KubeconfigError::LoadClusterOfContext(_) => {
+            "the current context's cluster is not among its clusters".into()
+        }
+        KubeconfigError::MissingClusterUrl => "the cluster has no server".into(),
+        KubeconfigError::ParseClusterUrl(_) => "the cluster's server is not a URL".into(),
+        KubeconfigError::ParseProxyUrl(_) => "the cluster's proxy-url is not a URL".into(),
+        KubeconfigError::LoadCertificateAuthority(e) => data("certificate-authority", e),
+        KubeconfigError::LoadClientCertificate(e) => data("client-certificate", e),
+        KubeconfigError::LoadClientKey(e) => data("client-key", e),
+        KubeconfigError::ParseCertificates(_) => {
+            "certificate-authority-data is not PEM certificates".into()
+        }
+        _ => "it cannot be turned into a client configuration".into(),
+    }
+}
+
+/// What is wrong when kube cannot build a client from a kubeconfig it has read, again
+/// without kube's message (PEM errors quote the offending line).
+fn describe_client_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::InferKubeconfig(e) => describe(e),
+        kube::Error::RustlsTls(e) => match e {
+            RustlsTlsError::InvalidIdentityPem(_) => {
+                "client-certificate-data or client-key-data is not PEM".into()
+            }
+            RustlsTlsError::MissingPrivateKey => {
+                "client-key-data holds no PKCS8 or RSA private key".into()
+            }
+            RustlsTlsError::MissingCertificate => {
+                "client-certificate-data holds no certificate".into()
+            }
+            RustlsTlsError::InvalidPrivateKey(_) | RustlsTlsError::UnknownPrivateKeyFormat => {
+                "client-key-data is not a usable private key".into()
+            }
+            RustlsTlsError::AddRootCertificate(_) => {
+                "certificate-authority-data holds a certificate that cannot be a CA".into()
+            }
+            RustlsTlsError::InvalidServerName(_) => {
+                "the server's host (or tls-server-name) is not a valid TLS server name".into()
+            }
+            _ => "its TLS settings cannot be used".into(),
+        },
+        kube::Error::Auth(_) => "its user's credentials cannot be used".into(),
+        _ => "no client can be built from it".into(),
+    }
+}
+
+async fn build_client(source: &KubeconfigSource, settings: &Settings) -> Result<Client, Error> {
+    let kubeconfig = parse_kubeconfig(source)?;
+    let unusable = |message: String| Error::KubeconfigUnusable {
+        secret: source.secret.clone(),
+        message,
+    };
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| unusable(describe(&e)))?;
+    rewrite_server(&mut config, &settings.rewrites).map_err(unusable)?;
+    config.connect_timeout = Some(settings.connect_timeout);
+    config.read_timeout = Some(settings.request_timeout);
+    config.write_timeout = Some(settings.request_timeout);
+    // Without this, time a pooled connection sat idle counts against the read timeout.
+    config.reset_reader_on_write = true;
+    // Retries are the controller's: a requeue with backoff frees the worker, where an
+    // in-client retry of a throttling or failing cluster would hold it.
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| unusable(describe_client_error(&e)))
+}
+
+/// Applies the first matching rewrite. The TLS server name stays the original host, since
+/// the workload API server's certificate was issued for it, not for the rewritten address.
+fn rewrite_server(config: &mut kube::Config, rewrites: &[ServerRewrite]) -> Result<(), String> {
+    let original = config.cluster_url.to_string();
+    let Some(rewrite) = rewrites.iter().find(|r| original.starts_with(&r.from)) else {
+        return Ok(());
+    };
+    let rewritten = format!("{}{}", rewrite.to, &original[rewrite.from.len()..]);
+    let host = config.cluster_url.host().map(str::to_string);
+    // Not quoted: the rest of the URL is the Secret's.
+    config.cluster_url = rewritten.parse().map_err(|_| {
+        format!(
+            "the server rewritten by --workload-server-rewrite {}={} is not a URL",
+            rewrite.from, rewrite.to
+        )
+    })?;
+    if config.tls_server_name.is_none() {
+        config.tls_server_name = host.map(|h| h.trim_matches(['[', ']']).to_string());
+    }
+    Ok(())
+}
+
+/// Classifies a failed workload request by what an operator must do about it.
+pub fn classify(cluster: &ClusterKey, err: kube::Error) -> Error {
+    let cluster = cluster.to_string();
+    match err {
+        kube::Error::Api(status) => {
+            // A 422 lists every invalid field with its value: bounded, like every message.
+            let message = crate::tolerant::bounded(
+                format!("{} {}: {}", status.code, status.reason, status.message),
+                1024,
+            );
+            match status.code {
+                401 | 403 => Error::WorkloadForbidden { cluster, message },
+                429 => Error::WorkloadThrottled { cluster, message },
+                // Validation: the same request fails the same way until an input changes.
+                422 => Error::WorkloadInvalid { cluster, message },
+                500..=599 => Error::WorkloadServerError { cluster, message },
+                _ => Error::WorkloadRequest { cluster, message },
+            }
+        }
+        other => {
+            let message = error_chain(&other);
+            // Certificate errors mean a CA or name mismatch: a configuration problem. A
+            // timeout during the handshake is an unreachable server, not a TLS problem.
+            if message.to_lowercase().contains("certificate") {
+                Error::WorkloadTls { cluster, message }
+            } else if matches!(other, kube::Error::HyperError(_) | kube::Error::Service(_)) {
+                Error::WorkloadUnreachable { cluster, message }
+            } else {
+                Error::WorkloadRequest { cluster, message }
+            }
+        }
+    }
+}
+
+/// An error and all its sources on one line: hyper's top-level messages alone ("client
+/// error (Connect)") do not say what went wrong.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn source(yaml: &str) -> KubeconfigSource {
+        KubeconfigSource {
+            secret: "ns/c-kubeconfig".into(),
+            value: ByteString(yaml.as_bytes().to_vec()),
+        }
+    }
+
+    const GOOD: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: 'https://10.0.0.5:6443', certificate-authority-data: ''}
+users:
+- name: admin
+  user: {token: abc}
+contexts:
+- name: admin@c
+  context: {cluster: c, user: admin}
+current-context: admin@c
+";
+
+    #[test]
+    fn a_good_kubeconfig_parses() {
+        let kc = parse_kubeconfig(&source(GOOD)).unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("admin@c"));
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        for bad in ["", "hello", "[1, 2]", "\u{0}\u{1}", "{}"] {
+            let e = parse_kubeconfig(&source(bad)).unwrap_err();
+            assert_eq!(e.reason(), "kubeconfig_invalid", "{bad:?}: {e}");
+        }
+        let e = parse_kubeconfig(&KubeconfigSource {
+            secret: "s".into(),
+            value: ByteString(vec![0xff, 0xfe]),
+        })
+        .unwrap_err();
+        assert_eq!(e.reason(), "kubeconfig_invalid");
+    }
+
+    #[test]
+    fn exec_plugins_and_file_paths_are_refused() {
+        let exec = GOOD.replace(
+            "user: {token: abc}",
+            "user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}}",
+        );
+        let e = parse_kubeconfig(&source(&exec)).unwrap_err();
+        assert_eq!(e.reason(), "kubeconfig_unusable");
+        assert!(e.to_string().contains("exec"), "{e}");
+        let file = GOOD.replace("user: {token: abc}", "user: {tokenFile: /etc/shadow}");
+        assert_eq!(
+            parse_kubeconfig(&source(&file)).unwrap_err().reason(),
+            "kubeconfig_unusable"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_authority_file_is_refused_even_when_it_exists() {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".to_string()])
+            .unwrap()
+            .cert
+            .pem();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &ca).unwrap();
+        let inline = GOOD.replace(
+            "certificate-authority-data: ''",
+            &format!("certificate-authority-data: '{}'", b64(&ca)),
+        );
+        assert!(
+            build_client(&source(&inline), &Settings::default())
+                .await
+                .is_ok()
+        );
+        let path = GOOD.replace(
+            "certificate-authority-data: ''",
+            &format!("certificate-authority: '{}'", file.path().display()),
+        );
+        let e = build_client(&source(&path), &Settings::default())
+            .await
+            .err()
+            .expect("a Secret named a local file and it was read");
+        assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
+        assert!(e.to_string().contains("file path"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_without_a_usable_context_is_unusable() {
+        let no_context = GOOD.replace("current-context: admin@c", "current-context: nope");
+        let e = build_client(&source(&no_context), &Settings::default())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_cache_rebuilds_on_rotation_only() {
+        let clients = WorkloadClients::new(Settings::default());
+        let key = ClusterKey {
+            namespace: "ns".into(),
+            name: "c".into(),
+        };
+        let a = clients.client(&key, &source(GOOD)).await.unwrap();
+        let b = clients.client(&key, &source(GOOD)).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&a.limiter, &b.limiter),
+            "same kubeconfig, same client"
+        );
+        let rotated = GOOD.replace("token: abc", "token: def");
+        let c = clients.client(&key, &source(&rotated)).await.unwrap();
+        assert!(
+            !Arc::ptr_eq(&a.limiter, &c.limiter),
+            "rotated kubeconfig, new client"
+        );
+        assert_eq!(clients.len(), 1);
+        assert!(Arc::ptr_eq(
+            &clients.cached(&key).unwrap().limiter,
+            &c.limiter
+        ));
+        assert_eq!(clients.clusters(), std::slice::from_ref(&key));
+        clients.forget(&key);
+        assert!(clients.cached(&key).is_none());
+        assert!(clients.is_empty());
+    }
+
+    /// In every value of [`MARKED`]; no error message may contain it.
+    const MARK: &str = "zq7secret";
+
+    /// A usable kubeconfig with [`MARK`] in every value, names included.
+    const MARKED: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: cluster-zq7secret
+  cluster: {server: 'https://host-zq7secret.example:6443', certificate-authority-data: '', tls-server-name: tls-zq7secret}
+users:
+- name: user-zq7secret
+  user: {token: token-zq7secret}
+contexts:
+- name: context-zq7secret
+  context: {cluster: cluster-zq7secret, user: user-zq7secret, namespace: ns-zq7secret}
+current-context: context-zq7secret
+";
+
+    fn b64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    /// Broken variants of [`MARKED`], each with the marker in what breaks it.
+    fn marked_variants() -> Vec<(&'static str, Vec<u8>, Settings)> {
+        let pem_ca = b64("-----BEGIN zq7secret-----\nzq7secret\n-----END other-zq7secret-----\n");
+        let pem_id = b64("-----BEGIN CERTIFICATE zq7secret-----\nzq7secret\n");
+        let swap = |from: &str, to: &str| {
+            assert!(MARKED.contains(from), "{from}");
+            MARKED.replace(from, to).into_bytes()
+        };
+        let user = "user: {token: token-zq7secret}";
+        let cluster = "  cluster: {server: 'https://host-zq7secret.example:6443', certificate-authority-data: '', tls-server-name: tls-zq7secret}\n";
+        let mut not_utf8 = MARKED.as_bytes().to_vec();
+        not_utf8.splice(40..40, b"zq7secret\xff".iter().copied());
+        let rewrite = Settings {
+            rewrites: vec!["https://host-=not a url ::".parse().unwrap()],
+            ..Settings::default()
+        };
+        let plain = Settings::default;
+        vec![
+            (
+                "unterminated quote",
+                swap("6443',", "6443 zq7secret,"),
+                plain(),
+            ),
+            (
+                "a tab for indentation",
+                swap("users:\n- name", "users:\n\t- name"),
+                plain(),
+            ),
+            (
+                "bad indentation",
+                swap("  context: {", " context: zq7secret {"),
+                plain(),
+            ),
+            (
+                "a scalar for a list",
+                swap(
+                    &format!("clusters:\n- name: cluster-zq7secret\n{cluster}"),
+                    "clusters: zq7secret\n",
+                ),
+                plain(),
+            ),
+            (
+                "a map for a string",
+                swap("token: token-zq7secret", "token: {zq7secret: zq7secret}"),
+                plain(),
+            ),
+            (
+                "a list for a string",
+                swap(
+                    "current-context: context-zq7secret",
+                    "current-context: [zq7secret]",
+                ),
+                plain(),
+            ),
+            ("not UTF-8", not_utf8, plain()),
+            (
+                "exec plugin",
+                swap(
+                    user,
+                    "user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/zq7secret, args: [zq7secret], env: [{name: zq7secret, value: zq7secret}]}}",
+                ),
+                plain(),
+            ),
+            (
+                "auth provider",
+                swap(
+                    user,
+                    "user: {auth-provider: {name: zq7secret, config: {zq7secret: zq7secret}}}",
+                ),
+                plain(),
+            ),
+            (
+                "token file",
+                swap(user, "user: {tokenFile: /tmp/zq7secret}"),
+                plain(),
+            ),
+            (
+                "client certificate file",
+                swap(
+                    user,
+                    "user: {client-certificate: /tmp/zq7secret.crt, client-key: /tmp/zq7secret.key}",
+                ),
+                plain(),
+            ),
+            (
+                "bad base64 CA",
+                swap(
+                    "certificate-authority-data: ''",
+                    "certificate-authority-data: 'zq7secret!!'",
+                ),
+                plain(),
+            ),
+            (
+                "CA not PEM",
+                swap(
+                    "certificate-authority-data: ''",
+                    &format!("certificate-authority-data: '{pem_ca}'"),
+                ),
+                plain(),
+            ),
+            (
+                "CA file",
+                swap(
+                    "certificate-authority-data: ''",
+                    "certificate-authority: /tmp/zq7secret.crt",
+                ),
+                plain(),
+            ),
+            (
+                "client certificate not PEM",
+                swap(
+                    user,
+                    &format!(
+                        "user: {{client-certificate-data: '{pem_id}', client-key-data: '{pem_id}'}}"
+                    ),
+                ),
+                plain(),
+            ),
+            (
+                "bad base64 client key",
+                swap(
+                    user,
+                    &format!(
+                        "user: {{client-certificate-data: '{pem_id}', client-key-data: 'zq7secret!!'}}"
+                    ),
+                ),
+                plain(),
+            ),
+            (
+                "missing context",
+                swap(
+                    "current-context: context-zq7secret",
+                    "current-context: other-zq7secret",
+                ),
+                plain(),
+            ),
+            (
+                "context without its cluster",
+                swap("{cluster: cluster-zq7secret,", "{cluster: other-zq7secret,"),
+                plain(),
+            ),
+            (
+                "no server",
+                swap("server: 'https://host-zq7secret.example:6443', ", ""),
+                plain(),
+            ),
+            (
+                "bad server URL",
+                swap(
+                    "'https://host-zq7secret.example:6443'",
+                    "'https://host zq7secret:port/'",
+                ),
+                plain(),
+            ),
+            (
+                "bad proxy URL",
+                swap(
+                    "tls-server-name: tls-zq7secret",
+                    "proxy-url: 'http://zq7secret bad ::'",
+                ),
+                plain(),
+            ),
+            (
+                "bad TLS server name",
+                swap(
+                    "tls-server-name: tls-zq7secret",
+                    "tls-server-name: 'zq7secret bad name'",
+                ),
+                plain(),
+            ),
+            (
+                "bad token",
+                swap("token: token-zq7secret", "token: \"zq7secret\\n\""),
+                plain(),
+            ),
+            (
+                "rewritten to a bad URL",
+                MARKED.as_bytes().to_vec(),
+                rewrite,
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn no_message_quotes_the_secret() {
+        let marked = KubeconfigSource {
+            secret: "ns/c-kubeconfig".into(),
+            value: ByteString(MARKED.as_bytes().to_vec()),
+        };
+        assert!(build_client(&marked, &Settings::default()).await.is_ok());
+        let mut leaks = Vec::new();
+        for (what, value, settings) in marked_variants() {
+            let source = KubeconfigSource {
+                secret: "ns/c-kubeconfig".into(),
+                value: ByteString(value),
+            };
+            let Err(e) = build_client(&source, &settings).await else {
+                panic!("{what}: accepted");
+            };
+            let message = e.to_string();
+            assert!(
+                ["kubeconfig_invalid", "kubeconfig_unusable"].contains(&e.reason()),
+                "{what}: {message}"
+            );
+            if message.to_lowercase().contains(MARK) || message.contains("-----") {
+                leaks.push(format!("{what}: {message}"));
+            }
+        }
+        assert!(
+            leaks.is_empty(),
+            "messages quote the Secret:\n{}",
+            leaks.join("\n")
+        );
+    }
+
+    #[test]
+    fn rewrites_keep_the_original_tls_name() {
+        let mut config = kube::Config::new("https://10.0.0.5:6443/".parse().unwrap());
+        let rewrites = vec![
+            "https://10.0.0.5:6443=https://127.0.0.1:16443"
+                .parse()
+                .unwrap(),
+        ];
+        rewrite_server(&mut config, &rewrites).unwrap();
+        assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:16443/");
+        assert_eq!(config.tls_server_name.as_deref(), Some("10.0.0.5"));
+        let mut other = kube::Config::new("https://10.9.9.9:6443/".parse().unwrap());
+        rewrite_server(&mut other, &rewrites).unwrap();
+        assert_eq!(other.cluster_url.to_string(), "https://10.9.9.9:6443/");
+        assert!("no-equals".parse::<ServerRewrite>().is_err());
+    }
+}
