@@ -178,13 +178,22 @@ pub struct RunArgs {
     /// it is left without a renewal seen.
     #[arg(long, env = "FAKENODE_LEADER_ELECT_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub leader_elect_grace: Duration,
+
+    /// This replica's Pod (the Downward API sets it): names it on Events and in the
+    /// Lease, and gives a StatefulSet's shard.
+    #[arg(long, env = "POD_NAME", hide = true)]
+    pub pod_name: Option<String>,
+
+    /// The host's name, for a Lease identity outside a Pod.
+    #[arg(long, env = "HOSTNAME", hide = true)]
+    pub host_name: Option<String>,
 }
 
 impl RunArgs {
     /// The shard: --shard-index, else a StatefulSet ordinal at the end of POD_NAME.
     pub fn shard(&self) -> Result<crate::shard::Shard, String> {
         let ordinal = || {
-            let pod = std::env::var("POD_NAME").ok()?;
+            let pod = self.pod_name.as_deref()?;
             pod.rsplit('-').next()?.parse::<u32>().ok()
         };
         // Only when sharded: a Deployment's Pod name may end in digits too.
@@ -204,12 +213,14 @@ impl RunArgs {
                 "metal3-fakenode".to_string()
             }
         });
-        let identity = self.leader_elect_identity.clone().unwrap_or_else(|| {
-            std::env::var("POD_NAME").unwrap_or_else(|_| {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let identity = self
+            .leader_elect_identity
+            .clone()
+            .or_else(|| self.pod_name.clone())
+            .unwrap_or_else(|| {
+                let host = self.host_name.as_deref().unwrap_or(crate::CONTROLLER_NAME);
                 format!("{}-{}", host.trim(), std::process::id())
-            })
-        });
+            });
         crate::leadership::Settings {
             namespace: self.leader_elect_namespace.clone(),
             lease_name,
@@ -356,5 +367,25 @@ mod tests {
         assert!(parse_fraction("-0.1").is_err());
         assert!(parse_fraction("NaN").is_err());
         assert!(parse_fraction("half").is_err());
+    }
+
+    #[test]
+    fn the_pod_name_gives_a_statefulsets_shard_and_the_lease_identity() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["metal3-fakenode", "run"];
+            argv.extend_from_slice(extra);
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command;
+            args
+        };
+        let pod = args(&["--shard-count", "3", "--pod-name", "metal3-fakenode-2"]);
+        assert_eq!(pod.shard().unwrap().index, 2);
+        let identity = pod.leader_election(pod.shard().unwrap()).identity;
+        assert_eq!(identity, "metal3-fakenode-2");
+        // Unsharded, a Deployment's Pod name ending in digits means nothing.
+        let one = args(&["--pod-name", "metal3-fakenode-7d9f-4"]);
+        assert_eq!(one.shard().unwrap().index, 0);
+        let host = args(&["--host-name", "node-a"]);
+        let identity = host.leader_election(host.shard().unwrap()).identity;
+        assert!(identity.starts_with("node-a-"), "{identity}");
     }
 }

@@ -35,6 +35,7 @@ use crate::fake::{lease, node};
 use crate::fidelity::{Fate, Fidelity};
 use crate::http::Health;
 use crate::kubelet::{self, Kubelets};
+use crate::lock;
 use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
 use crate::permissions;
 use crate::plan::{self, Plan};
@@ -208,11 +209,6 @@ struct Timing {
     withheld: bool,
     /// Its KubeadmConfig carries the certificates' expiry.
     certificates_annotated: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a single map operation: a panic cannot leave it torn.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Context {

@@ -41,20 +41,12 @@ impl Health {
         &self,
         check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     ) {
-        *self
-            .readiness_check
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(check));
+        *crate::lock(&self.readiness_check) = Some(Box::new(check));
     }
 
     /// The metrics as a scrape sees them: the gauges derived from the stores first.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        if let Some(hook) = self
-            .on_scrape
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
+        if let Some(hook) = crate::lock(&self.on_scrape).as_ref() {
             hook();
         }
         self.metrics.render()
@@ -65,12 +57,7 @@ impl Health {
         if !self.is_ready() {
             return Err("stores not synced yet".into());
         }
-        match self
-            .readiness_check
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-        {
+        match crate::lock(&self.readiness_check).as_ref() {
             Some(check) => check(),
             None => Ok(()),
         }
@@ -78,10 +65,7 @@ impl Health {
 
     /// Sets the scrape hook, replacing the previous one (a new leadership term has new stores).
     pub fn set_on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
-        *self
-            .on_scrape
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(hook));
+        *crate::lock(&self.on_scrape) = Some(Box::new(hook));
     }
 
     pub fn set_ready(&self, ready: bool) {

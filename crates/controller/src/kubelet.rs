@@ -230,9 +230,7 @@ impl Kubelets {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every critical section leaves the state whole before anything can panic.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.state)
     }
 
     /// Takes over our Nodes of the workload cluster once per process (after a restart they

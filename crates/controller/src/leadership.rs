@@ -93,8 +93,7 @@ pub async fn elect(
             if let Ok(lease) = lease {
                 let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
                 if holder == Some(identity.as_str()) {
-                    *last_renewal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(Instant::now());
+                    *crate::lock(&last_renewal) = Some(Instant::now());
                 } else if holder.is_some() {
                     tracing::debug!(lease = %lease.name_any(), ?holder, "the Lease is held by another replica");
                 }
@@ -115,9 +114,7 @@ pub async fn elect(
                 _ = tick.tick() => {}
                 changed = crate_view.changed() => if changed.is_err() { break },
             }
-            let last = *last_renewal
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = *crate::lock(&last_renewal);
             let acting = may_act(*crate_view.borrow(), last, Instant::now(), window);
             if *tx.borrow() != acting {
                 if acting {
@@ -134,6 +131,66 @@ pub async fn elect(
         let _ = crate_task.await;
     });
     Ok(rx)
+}
+
+/// Runs the controller while this replica leads, standing by otherwise, until `stop`.
+/// On a lost leadership the controller is told to stop and given half the grace period to
+/// drain; whatever is left is dropped, so nothing is written once the Lease can expire.
+/// After `stop`, the running controller drains within the shutdown grace (the caller's
+/// deadline).
+pub async fn lead(
+    client: Client,
+    config: crate::controller::Config,
+    metrics: Arc<crate::metrics::Metrics>,
+    health: Arc<crate::http::Health>,
+    settings: Settings,
+    stop: crate::shutdown::Stop,
+) -> anyhow::Result<()> {
+    info!(lease = %settings.lease_name, namespace = %settings.namespace, identity = %settings.identity, "standing for election");
+    let drain = settings.grace / 2;
+    let Some(leading) = stop.unless_requested(elect(client.clone(), settings)).await else {
+        return Ok(());
+    };
+    let mut leading = leading?;
+    let mut shutdown = std::pin::pin!(stop.requested());
+    loop {
+        // A standby is healthy and ready: a rollout must not wait for a leader change.
+        metrics.leader.set(0);
+        health.set_ready(true);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            won = leading.wait_for(|l| *l) => {
+                won.map_err(|_| anyhow::anyhow!("leader election stopped"))?;
+            }
+        }
+        metrics.leader.set(1);
+        health.set_ready(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_leading = async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut run = std::pin::pin!(crate::controller::run(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            health.clone(),
+            stop_leading,
+        ));
+        tokio::select! {
+            _ = &mut run => {}
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                run.await;
+                return Ok(());
+            }
+            _ = leading.wait_for(|l| !*l) => {
+                let _ = stop_tx.send(true);
+                metrics.leader.set(0);
+                let _ = tokio::time::timeout(drain, &mut run).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,3 +28,9 @@ pub mod stores;
 pub mod telemetry;
 pub mod watch_health;
 pub mod workload;
+
+/// Locks a mutex whose every critical section is a single map or field operation, so a
+/// panic elsewhere cannot leave it torn: a poisoned lock is still usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

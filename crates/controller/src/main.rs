@@ -66,14 +66,14 @@ async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<()> {
         workload: args.workload_settings(),
         max_retry_delay: args.max_retry_delay,
         watch_down_grace: args.watch_down_grace,
-        instance: std::env::var("POD_NAME").ok(),
+        instance: args.pod_name.clone(),
         fidelity: args.fidelity(),
         shard,
     };
     if args.leader_elect {
         let settings = args.leader_election(shard);
         settings.check().map_err(anyhow::Error::msg)?;
-        lead(client, config, metrics, health, settings, stop).await?;
+        leadership::lead(client, config, metrics, health, settings, stop).await?;
     } else {
         metrics.leader.set(1);
         controller::run(client, config, metrics, health, stop.requested()).await;
@@ -81,67 +81,4 @@ async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<()> {
     server.await??;
     info!("stopped");
     Ok(())
-}
-
-/// Runs the controller while this replica leads, standing by otherwise, until `stop`.
-/// On a lost leadership the controller is told to stop and given half the grace period to
-/// drain; whatever is left is dropped, so nothing is written once the Lease can expire.
-/// After `stop`, the running controller drains within the shutdown grace (the caller's
-/// deadline).
-async fn lead(
-    client: kube::Client,
-    config: Config,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    settings: leadership::Settings,
-    stop: Stop,
-) -> anyhow::Result<()> {
-    info!(lease = %settings.lease_name, namespace = %settings.namespace, identity = %settings.identity, "standing for election");
-    let drain = settings.grace / 2;
-    let Some(leading) = stop
-        .unless_requested(leadership::elect(client.clone(), settings))
-        .await
-    else {
-        return Ok(());
-    };
-    let mut leading = leading?;
-    let mut shutdown = std::pin::pin!(stop.requested());
-    loop {
-        // A standby is healthy and ready: a rollout must not wait for a leader change.
-        metrics.leader.set(0);
-        health.set_ready(true);
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            won = leading.wait_for(|l| *l) => {
-                won.map_err(|_| anyhow::anyhow!("leader election stopped"))?;
-            }
-        }
-        metrics.leader.set(1);
-        health.set_ready(false);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop_leading = async move {
-            let mut rx = stop_rx;
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let mut run = std::pin::pin!(controller::run(
-            client.clone(),
-            config.clone(),
-            metrics.clone(),
-            health.clone(),
-            stop_leading,
-        ));
-        tokio::select! {
-            _ = &mut run => {}
-            _ = &mut shutdown => {
-                let _ = stop_tx.send(true);
-                run.await;
-                return Ok(());
-            }
-            _ = leading.wait_for(|l| !*l) => {
-                let _ = stop_tx.send(true);
-                metrics.leader.set(0);
-                let _ = tokio::time::timeout(drain, &mut run).await;
-            }
-        }
-    }
 }

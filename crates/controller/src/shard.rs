@@ -5,7 +5,7 @@
 
 use std::str::FromStr;
 
-use crate::fake::fnv1a;
+use crate::fake::stable_hash;
 
 /// This replica's part of the clusters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl Shard {
         // cluster names do) keep the same low and high bits, which put every cluster in a
         // few shards. murmur3's finalizer mixes it; multiply-shift then maps the 64 bits
         // onto 0..count evenly.
-        ((u128::from(fmix64(fnv1a(&key))) * u128::from(count.max(1))) >> 64) as u32
+        ((u128::from(stable_hash(&key)) * u128::from(count.max(1))) >> 64) as u32
     }
 
     /// Whether this replica handles a Metal3Machine of `cluster` in `namespace`. One
@@ -53,15 +53,6 @@ impl Shard {
             _ => self.index == 0,
         }
     }
-}
-
-/// murmur3's 64-bit finalizer: every input bit affects every output bit.
-fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 /// `I/N`, or a StatefulSet Pod name ending in `-I` with the count given apart.
@@ -80,6 +71,7 @@ impl FromStr for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::fnv1a;
 
     #[test]
     fn the_hash_is_fnv1a() {

@@ -7,6 +7,8 @@
 //! delivers anything or the errors stop.
 
 use std::sync::Mutex;
+
+use crate::lock;
 use std::time::{Duration, Instant};
 
 /// The longest wait between two attempts of a failing watch: a management API server
@@ -116,11 +118,6 @@ impl WatchHealth {
         all.sort_unstable();
         all
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is one assignment: a panic cannot leave it torn.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -156,11 +156,8 @@ impl WorkloadClients {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, Entry>> {
-        // A panic while holding the lock cannot leave the map half-updated (every
-        // operation is a single insert/remove/get), so a poisoned lock is still usable.
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Every operation is a single insert, remove or get.
+        crate::lock(&self.entries)
     }
 }
 

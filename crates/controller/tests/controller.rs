@@ -9,14 +9,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{events, eventually, start_capm3, start_controller, test_config, unique, webhook};
+use common::cluster_with_kubeconfig as cluster;
+use common::{
+    admin_yaml, events, eventually, ready_node, start_capm3, start_controller, test_config, unique,
+    webhook,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use metal3_fakenode::resources::UUID_LABEL;
 use metal3_fakenode_testkit::envtest::{self, ApiServer};
-use metal3_fakenode_testkit::simulate::world::{self, CreatedMachine, MachineSpec};
+use metal3_fakenode_testkit::simulate::world::{self, MachineSpec};
 use serde_json::json;
 
 /// The data of a kubeconfig Secret.
@@ -28,18 +32,6 @@ fn yaml(kubeconfig: &Kubeconfig) -> String {
     envtest::kubeconfig_yaml(kubeconfig).unwrap()
 }
 
-fn admin_yaml(server: &ApiServer) -> String {
-    yaml(&server.admin_kubeconfig())
-}
-
-/// A Cluster whose kubeconfig Secret holds `kubeconfig`.
-async fn cluster(client: &kube::Client, ns: &str, name: &str, kubeconfig: &str) {
-    world::cluster(client, ns, name).await.unwrap();
-    world::kubeconfig_secret(client, ns, name, world::kubeconfig_data(kubeconfig))
-        .await
-        .unwrap();
-}
-
 async fn get_node(server: &ApiServer, name: &str) -> Option<Node> {
     Api::<Node>::all(server.client().await.unwrap())
         .get_opt(name)
@@ -47,25 +39,8 @@ async fn get_node(server: &ApiServer, name: &str) -> Option<Node> {
         .unwrap()
 }
 
-fn is_ready(node: &Node) -> bool {
-    metal3_fakenode::fake::node::is_ready(node)
-}
-
 fn uuid(node: &Node) -> Option<&str> {
     metal3_fakenode::fake::node::host_uid(node)
-}
-
-/// Waits until the Node of `m` exists in `server`, Ready and labelled with its host's UID.
-async fn ready_node(server: &ApiServer, m: &CreatedMachine) -> Node {
-    let name = &m.spec.name;
-    let node = eventually(
-        &format!("Node {name} in {}", server.name()),
-        LIMIT,
-        || async { get_node(server, name).await.filter(is_ready) },
-    )
-    .await;
-    assert_eq!(uuid(&node), Some(m.host_uid.as_str()), "Node {name}");
-    node
 }
 
 #[tokio::test]

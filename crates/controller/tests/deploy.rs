@@ -20,7 +20,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::Parser;
-use common::{events, eventually, unique};
+use common::cluster_with_kubeconfig as cluster;
+use common::{admin_yaml, events, eventually, ready_node, unique};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
@@ -32,7 +33,7 @@ use metal3_fakenode::cli::{Cli, Command};
 use metal3_fakenode::shard::Shard;
 use metal3_fakenode::telemetry::LogFormat;
 use metal3_fakenode_testkit::envtest::{self, ApiServer};
-use metal3_fakenode_testkit::simulate::world::{self, CreatedMachine, MachineSpec};
+use metal3_fakenode_testkit::simulate::world::{self, MachineSpec};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -223,42 +224,6 @@ current-context: {NAME}
 }
 
 // ---- the world the controller works on -------------------------------------------------
-
-fn admin_yaml(server: &ApiServer) -> String {
-    envtest::kubeconfig_yaml(&server.admin_kubeconfig()).unwrap()
-}
-
-/// A Cluster whose kubeconfig Secret holds `kubeconfig`.
-async fn cluster(client: &kube::Client, ns: &str, name: &str, kubeconfig: &str) {
-    world::cluster(client, ns, name).await.unwrap();
-    world::kubeconfig_secret(client, ns, name, world::kubeconfig_data(kubeconfig))
-        .await
-        .unwrap();
-}
-
-/// Waits until the Node of `m` exists in `server`, Ready and labelled with its host's UID.
-async fn ready_node(server: &ApiServer, m: &CreatedMachine) -> Node {
-    let nodes = Api::<Node>::all(server.client().await.unwrap());
-    let name = &m.spec.name;
-    let node = eventually(
-        &format!("Node {name} in {}", server.name()),
-        LIMIT,
-        || async {
-            nodes
-                .get_opt(name)
-                .await
-                .unwrap()
-                .filter(metal3_fakenode::fake::node::is_ready)
-        },
-    )
-    .await;
-    assert_eq!(
-        metal3_fakenode::fake::node::host_uid(&node),
-        Some(m.host_uid.as_str()),
-        "Node {name}"
-    );
-    node
-}
 
 // ---- the manifests ---------------------------------------------------------------------
 

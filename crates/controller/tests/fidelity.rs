@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{eventually, start_controller, test_config, unique};
+use common::{admin_yaml, eventually, start_controller, test_config, unique};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -21,10 +21,6 @@ use metal3_fakenode_testkit::simulate::world::{self, CreatedMachine, MachineSpec
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn admin_yaml(server: &ApiServer) -> String {
-    envtest::kubeconfig_yaml(&server.admin_kubeconfig()).unwrap()
-}
 
 /// A namespace with one Cluster whose kubeconfig Secret points at `server`.
 async fn namespace_with_cluster(client: &kube::Client, prefix: &str, server: &ApiServer) -> String {

@@ -192,3 +192,21 @@ pub async fn cluster_with_kubeconfig(
         .await
         .unwrap();
 }
+
+/// Waits until the Node of `m` exists in `server`, Ready and labelled with its host's UID.
+pub async fn ready_node(
+    server: &metal3_fakenode_testkit::envtest::ApiServer,
+    m: &metal3_fakenode_testkit::simulate::world::CreatedMachine,
+) -> k8s_openapi::api::core::v1::Node {
+    use metal3_fakenode::fake::node::{host_uid, is_ready};
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(server.client().await.unwrap());
+    let name = &m.spec.name;
+    let node = eventually(
+        &format!("Node {name} in {}", server.name()),
+        Duration::from_secs(60),
+        || async { nodes.get_opt(name).await.unwrap().filter(is_ready) },
+    )
+    .await;
+    assert_eq!(host_uid(&node), Some(m.host_uid.as_str()), "Node {name}");
+    node
+}
