@@ -189,10 +189,6 @@ impl Cleanup {
                 }
             })
             .await;
-        self.metrics.kubelets.set(self.kubelets.len() as i64);
-        self.metrics
-            .workload_clients
-            .set(self.workloads.len() as i64);
     }
 
     async fn sweep_cluster(&self, cluster: &ClusterKey, scope: &Stores) {
@@ -235,74 +231,24 @@ impl Cleanup {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
 
     use k8s_openapi::api::core::v1::Secret;
     use serde_json::json;
 
     use super::*;
-    use crate::plan::Found;
-    use crate::resources::{BareMetalHost, Cluster, Machine};
-    use crate::tolerant::{Problem, Tolerant, Unreadable};
-
-    #[derive(Default)]
-    struct World {
-        machines: HashMap<(String, String), Arc<Tolerant<Machine>>>,
-        clusters: HashSet<(String, String)>,
-        secrets: HashMap<(String, String), Arc<Tolerant<Secret>>>,
-        metal3_machines: HashSet<(String, String)>,
-    }
-
-    fn unreadable<K>(name: &str) -> Arc<Tolerant<K>> {
-        Arc::new(Tolerant::Unreadable(Box::new(Unreadable {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                ..Default::default()
-            },
-            problem: Problem {
-                path: "spec".into(),
-                message: "invalid type".into(),
-            },
-        })))
-    }
-
-    fn k(ns: &str, name: &str) -> (String, String) {
-        (ns.into(), name.into())
-    }
-
-    impl Lookup for World {
-        fn host(&self, _: &str, _: &str) -> Found<BareMetalHost> {
-            None
-        }
-        fn machine(&self, ns: &str, name: &str) -> Found<Machine> {
-            self.machines.get(&k(ns, name)).cloned()
-        }
-        fn cluster(&self, ns: &str, name: &str) -> Found<Cluster> {
-            self.clusters
-                .contains(&k(ns, name))
-                .then(|| Arc::new(Tolerant::Read(Cluster::new(name, Default::default()))))
-        }
-        fn secret(&self, ns: &str, name: &str) -> Found<Secret> {
-            self.secrets.get(&k(ns, name)).cloned()
-        }
-    }
-
-    impl Inventory for World {
-        fn metal3_machine_exists(&self, ns: &str, name: &str) -> bool {
-            self.metal3_machines.contains(&k(ns, name))
-        }
-    }
+    use crate::fixtures::{World, key as k, read, unreadable};
+    use crate::resources::{Cluster, Machine};
+    use crate::tolerant::Tolerant;
 
     fn machine(name: &str, m3m: &str) -> Arc<Tolerant<Machine>> {
-        Arc::new(Tolerant::Read(
+        read(
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "ns", "labels": {CLUSTER_NAME_LABEL: "c"}},
                 "spec": {"clusterName": "c", "infrastructureRef":
                          {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "Metal3Machine", "name": m3m}}
             }))
             .unwrap(),
-        ))
+        )
     }
 
     fn world() -> World {
@@ -310,14 +256,14 @@ mod tests {
         w.machines
             .insert(k("ns", "c-cp-0"), machine("c-cp-0", "c-cp-0-m3m"));
         w.metal3_machines.insert(k("ns", "c-cp-0-m3m"));
-        w.clusters.insert(k("ns", "c"));
+        w.clusters
+            .insert(k("ns", "c"), read(Cluster::new("c", Default::default())));
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "c-kubeconfig", "namespace": "ns"},
             "data": {"value": "YQ=="}
         }))
         .unwrap();
-        w.secrets
-            .insert(k("ns", "c-kubeconfig"), Arc::new(Tolerant::Read(secret)));
+        w.secrets.insert(k("ns", "c-kubeconfig"), read(secret));
         w
     }
 
@@ -341,7 +287,8 @@ mod tests {
         );
         w.machines.clear();
         assert!(orphaned(&w, &cluster(), "c-cp-0", false));
-        w.machines.insert(k("ns", "c-cp-0"), unreadable("c-cp-0"));
+        w.machines
+            .insert(k("ns", "c-cp-0"), unreadable("ns", "c-cp-0", "spec"));
         assert!(
             !orphaned(&w, &cluster(), "c-cp-0", true),
             "a Machine that cannot be read still exists"
@@ -358,8 +305,10 @@ mod tests {
         w.clusters.clear();
         assert!(cluster_gone(&w, &cluster()));
         let mut w = world();
-        w.secrets
-            .insert(k("ns", "c-kubeconfig"), unreadable("c-kubeconfig"));
+        w.secrets.insert(
+            k("ns", "c-kubeconfig"),
+            unreadable("ns", "c-kubeconfig", "data"),
+        );
         assert!(
             !cluster_gone(&w, &cluster()),
             "a kubeconfig Secret that cannot be read is no sign the cluster is gone"

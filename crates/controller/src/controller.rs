@@ -30,15 +30,14 @@ use crate::apply;
 use crate::certificate_expiry;
 use crate::cleanup::Cleanup;
 use crate::error::Error;
-use crate::fake::static_pods::{self, StaticPodFacts};
-use crate::fake::{lease, node};
-use crate::fidelity::{Fate, Fidelity};
+use crate::fake::lease;
+use crate::fidelity::Fidelity;
 use crate::http::Health;
 use crate::kubelet::{self, Kubelets};
 use crate::lock;
 use crate::metrics::{Metrics, ReconcileResult, elapsed_seconds};
 use crate::permissions;
-use crate::plan::{self, Plan};
+use crate::plan::{self, Desired, Plan, Registration, Steps};
 use crate::resources::{
     BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, Machine, Metal3Machine, PROVISIONED,
 };
@@ -168,6 +167,18 @@ impl Bookkeeping {
             .or_default()
             .needed
             .get_or_insert_with(Timestamp::now);
+    }
+
+    /// What this process remembers of the Metal3Machine `key`; its first sight is now,
+    /// unless a watch saw it earlier.
+    fn memory(&self, key: &str, now: Timestamp, process_started: Timestamp) -> plan::Memory {
+        let mut timings = lock(&self.timings);
+        let timing = timings.entry(key.to_string()).or_default();
+        plan::Memory {
+            first_seen: *timing.needed.get_or_insert(now),
+            process_started,
+            certificates_annotated: timing.certificates_annotated,
+        }
     }
 
     /// Forgets a Metal3Machine that is gone.
@@ -331,6 +342,7 @@ pub async fn run(
         deleted,
         stopped(),
     )));
+    // Gauges of the controller's state are set here, at each scrape, and nowhere else.
     health.set_on_scrape({
         let stores = all_stores.clone();
         // Weak: the hook outlives the controller, which must drop `shared` to stop.
@@ -982,180 +994,174 @@ async fn reconcile_one(
             Ok((Action::await_change(), ReconcileResult::Waiting))
         }
         Plan::Ensure(desired) => {
-            let fidelity = &shared.fidelity;
-            let metrics = &shared.metrics;
-            let host_uid = node::host_uid(&desired.node)
-                .unwrap_or_default()
-                .to_string();
-            let node = desired.node.metadata.name.clone().unwrap_or_default();
-            if fidelity.fate(&host_uid) == Fate::NeverReady {
-                let first = {
-                    let mut timings = lock(&shared.book.timings);
-                    let timing = timings.entry(key).or_default();
-                    !std::mem::replace(&mut timing.withheld, true)
-                };
-                if first {
-                    metrics
-                        .faults_injected
-                        .with_label_values(&["never_ready"])
-                        .inc();
-                    info!(cluster = %desired.cluster, %node, "fault injection: this machine never gets a Node");
+            let memory = shared.book.memory(&key, now, shared.started);
+            match plan::steps(&desired, m3m, &shared.fidelity, &memory, now) {
+                Steps::Withheld => {
+                    withhold(shared, &key, &desired);
+                    Ok((Action::await_change(), ReconcileResult::Waiting))
                 }
-                return Ok((Action::await_change(), ReconcileResult::Waiting));
-            }
-            let needed = {
-                let mut timings = lock(&shared.book.timings);
-                let timing = timings.entry(key.clone()).or_default();
-                *timing.needed.get_or_insert(now)
-            };
-            // The start of the creation latency, and of the startup delay.
-            let start = needed_since(
-                desired.provisioned_at.as_ref().map(|t| t.0),
-                needed,
-                shared.started,
-            );
-            let due = fidelity.startup_due(start, &host_uid);
-            if now < due {
-                let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
-                debug!(
-                    wait_seconds = wait.as_secs_f64(),
-                    "startup delay: the host is still booting"
-                );
-                return Ok((Action::requeue(wait), ReconcileResult::Waiting));
-            }
-            let workload = shared
-                .workloads
-                .client(&desired.cluster, &desired.kubeconfig)
-                .await?;
-            metrics.workload_clients.set(shared.workloads.len() as i64);
-            if fidelity.tracks_nodes() {
-                // After a restart, know first which of the cluster's Nodes are ours and
-                // which a fault has stopped.
-                shared.kubelets.adopt(&workload, metrics).await?;
-                if shared.kubelets.is_stopped(&desired.cluster, &node) {
-                    debug!(%node, "its kubelet stopped posting (an injected fault): left NotReady");
-                    return Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured));
-                }
-            }
-            // Before the Node: once CAPM3 sees the Node, this Metal3Machine is done.
-            if fidelity.annotate_certificate_expiry
-                && desired.kubeadm_config.is_some()
-                && !lock(&shared.book.timings)
-                    .get(&key)
-                    .is_some_and(|t| t.certificates_annotated)
-                && let Some(machine) = plan::owner_machine(m3m)
-            {
-                certificate_expiry::annotate(
-                    &shared.client,
-                    &shared.kube_limiter,
-                    &desired.cluster.namespace,
-                    machine,
-                    Timestamp::now(),
-                )
-                .await?;
-                lock(&shared.book.timings)
-                    .entry(key.clone())
-                    .or_default()
-                    .certificates_annotated = true;
-            }
-            if fidelity.static_pods
-                && let Some(facts) = StaticPodFacts::of_node(&desired.node)
-            {
-                let unpostable = static_pods::unpostable(&facts, fidelity.stacked_etcd_pods);
-                if !unpostable.is_empty() {
-                    warn!(%node, pods = %unpostable.join(", "), "mirror Pods skipped: their names would exceed 253 characters");
-                    publish(
-                        shared,
-                        m3m.object_ref(&()),
-                        EventType::Warning,
-                        "MirrorPodNameInvalid".into(),
-                        format!(
-                            "the mirror Pods {} were skipped: their names would exceed 253 \
-                             characters (a kubelet fails them alone; the Node is registered)",
-                            unpostable.join(", ")
-                        ),
+                Steps::Booting { due } => {
+                    let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
+                    debug!(
+                        wait_seconds = wait.as_secs_f64(),
+                        "startup delay: the host is still booting"
                     );
+                    Ok((Action::requeue(wait), ReconcileResult::Waiting))
                 }
-                let pods = static_pods::static_pods(&facts, fidelity.stacked_etcd_pods, &Time(now));
-                let created = apply::ensure_static_pods(&workload, &pods, metrics).await?;
-                metrics.static_pods_created.inc_by(created as u64);
-                if created > 0 {
-                    debug!(%node, created, "created static pods");
-                }
-            }
-            let outcome = apply::ensure(&workload, &desired, metrics).await?;
-            let mut lease_owner = apply::LeaseOwner::Unknown;
-            if fidelity.heartbeats()
-                && let Some(node_uid) = &outcome.node_uid
-            {
-                let lease = lease::node_lease(&node, node_uid, &MicroTime(Timestamp::now()));
-                if let Some(uid) = apply::ensure_lease(&workload, &lease, metrics).await? {
-                    lease_owner = apply::LeaseOwner::Ours(uid);
+                Steps::Register(steps) => {
+                    register(m3m, &desired, &steps, ctx, &key).await?;
+                    Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
                 }
             }
-            if fidelity.tracks_nodes()
-                && let Some(record) = kubelet::record_of(
-                    &desired.node,
-                    outcome.node_uid.as_deref(),
-                    outcome.node_since.as_ref().map(|t| t.0),
-                    lease_owner,
-                )
-            {
-                shared.kubelets.register(&desired.cluster, record);
-            }
-            if outcome.kubeadm_config_created {
-                metrics.kubeadm_configs_created.inc();
-                info!(cluster = %desired.cluster, "created kube-system/kubeadm-config");
-            }
-            // A Node counts once, by the process that makes it Ready: the one that created
-            // it, or the one that finds it not Ready yet (its creator was cut short).
-            if outcome.node_created.is_some() || outcome.status_repaired {
-                let created = Timestamp::now();
-                let latency = elapsed_seconds(start, created);
-                metrics.nodes_created.inc();
-                metrics.node_creation_latency.observe(latency);
-                lock(&shared.book.timings)
-                    .entry(key)
-                    .or_default()
-                    .node_created = Some(created);
-                info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
-                let mut note = format!(
-                    "created Ready Node {node} for host {} in workload cluster {}",
-                    desired.host, desired.cluster
-                );
-                if !desired.ignored.is_empty() {
-                    let ignored = desired.ignored.join("; ");
-                    warn!(%node, %ignored, "values that make no sense for a Node were ignored; defaults used");
-                    note.push_str("; ignored, defaults used: ");
-                    note.push_str(&ignored);
-                }
-                publish(
-                    shared,
-                    m3m.object_ref(&()),
-                    EventType::Normal,
-                    "FakeNodeCreated".into(),
-                    note,
-                );
-            }
-            Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
         }
     }
 }
 
-/// When the Metal3Machine started needing its Node. If the host finished provisioning
-/// before this process started, the need predates the process (a restart): the
-/// baremetal-operator's timestamp is the only record. Otherwise this process saw the need
-/// arise, and its own sub-second observation is the better clock. (The 1 s slack covers
-/// the API's whole-second timestamps.)
-pub fn needed_since(
-    provisioned_at: Option<Timestamp>,
-    first_seen: Timestamp,
-    process_started: Timestamp,
-) -> Timestamp {
-    match provisioned_at {
-        Some(p) if p + jiff::SignedDuration::from_secs(1) < process_started => p,
-        _ => first_seen,
+/// A fault withholds the Node: said once.
+fn withhold(shared: &Shared, key: &str, desired: &Desired) {
+    let first = {
+        let mut timings = lock(&shared.book.timings);
+        let timing = timings.entry(key.to_string()).or_default();
+        !std::mem::replace(&mut timing.withheld, true)
+    };
+    if first {
+        shared
+            .metrics
+            .faults_injected
+            .with_label_values(&["never_ready"])
+            .inc();
+        let node = desired.node.metadata.name.as_deref().unwrap_or_default();
+        info!(cluster = %desired.cluster, %node, "fault injection: this machine never gets a Node");
     }
+}
+
+/// Apply: sends what the plan decided to the workload cluster, in its order, and says
+/// what it did (metrics, the kubelet's record, Events).
+async fn register(
+    m3m: &Metal3Machine,
+    desired: &Desired,
+    steps: &Registration,
+    ctx: &Context,
+    key: &str,
+) -> Result<(), Error> {
+    let shared = &ctx.shared;
+    let metrics = &shared.metrics;
+    let node = desired.node.metadata.name.clone().unwrap_or_default();
+    let workload = shared
+        .workloads
+        .client(&desired.cluster, &desired.kubeconfig)
+        .await?;
+    if steps.track {
+        // After a restart, know first which of the cluster's Nodes are ours and which a
+        // fault has stopped.
+        shared.kubelets.adopt(&workload, metrics).await?;
+        if shared.kubelets.is_stopped(&desired.cluster, &node) {
+            debug!(%node, "its kubelet stopped posting (an injected fault): left NotReady");
+            return Ok(());
+        }
+    }
+    if let Some(machine) = &steps.annotate_certificates {
+        certificate_expiry::annotate(
+            &shared.client,
+            &shared.kube_limiter,
+            &desired.cluster.namespace,
+            machine,
+            Timestamp::now(),
+        )
+        .await?;
+        lock(&shared.book.timings)
+            .entry(key.to_string())
+            .or_default()
+            .certificates_annotated = true;
+    }
+    if !steps.unpostable.is_empty() {
+        let pods = steps.unpostable.join(", ");
+        warn!(%node, %pods, "mirror Pods skipped: their names would exceed 253 characters");
+        publish(
+            shared,
+            m3m.object_ref(&()),
+            EventType::Warning,
+            "MirrorPodNameInvalid".into(),
+            format!(
+                "the mirror Pods {pods} were skipped: their names would exceed 253 characters \
+                 (a kubelet fails them alone; the Node is registered)"
+            ),
+        );
+    }
+    if !steps.static_pods.is_empty() {
+        let created = apply::ensure_static_pods(&workload, &steps.static_pods, metrics).await?;
+        metrics.static_pods_created.inc_by(created as u64);
+        if created > 0 {
+            debug!(%node, created, "created static pods");
+        }
+    }
+    let outcome = apply::ensure(&workload, desired, metrics).await?;
+    let mut lease_owner = apply::LeaseOwner::Unknown;
+    if steps.lease
+        && let Some(node_uid) = &outcome.node_uid
+    {
+        let lease = lease::node_lease(&node, node_uid, &MicroTime(Timestamp::now()));
+        if let Some(uid) = apply::ensure_lease(&workload, &lease, metrics).await? {
+            lease_owner = apply::LeaseOwner::Ours(uid);
+        }
+    }
+    if steps.track
+        && let Some(record) = kubelet::record_of(
+            &desired.node,
+            outcome.node_uid.as_deref(),
+            outcome.node_since.as_ref().map(|t| t.0),
+            lease_owner,
+        )
+    {
+        shared.kubelets.register(&desired.cluster, record);
+    }
+    if outcome.kubeadm_config_created {
+        metrics.kubeadm_configs_created.inc();
+        info!(cluster = %desired.cluster, "created kube-system/kubeadm-config");
+    }
+    // A Node counts once, by the process that makes it Ready: the one that created it,
+    // or the one that finds it not Ready yet (its creator was cut short).
+    if outcome.node_created.is_some() || outcome.status_repaired {
+        report_created(m3m, desired, steps.needed_since, shared, key);
+    }
+    Ok(())
+}
+
+/// The Node is Ready: its latency, its metric, its Event.
+fn report_created(
+    m3m: &Metal3Machine,
+    desired: &Desired,
+    needed_since: Timestamp,
+    shared: &Shared,
+    key: &str,
+) {
+    let node = desired.node.metadata.name.as_deref().unwrap_or_default();
+    let created = Timestamp::now();
+    let latency = elapsed_seconds(needed_since, created);
+    shared.metrics.nodes_created.inc();
+    shared.metrics.node_creation_latency.observe(latency);
+    lock(&shared.book.timings)
+        .entry(key.to_string())
+        .or_default()
+        .node_created = Some(created);
+    info!(cluster = %desired.cluster, %node, latency_seconds = latency, "created Node");
+    let mut note = format!(
+        "created Ready Node {node} for host {} in workload cluster {}",
+        desired.host, desired.cluster
+    );
+    if !desired.ignored.is_empty() {
+        let ignored = desired.ignored.join("; ");
+        warn!(%node, %ignored, "values that make no sense for a Node were ignored; defaults used");
+        note.push_str("; ignored, defaults used: ");
+        note.push_str(&ignored);
+    }
+    publish(
+        shared,
+        m3m.object_ref(&()),
+        EventType::Normal,
+        "FakeNodeCreated".into(),
+        note,
+    );
 }
 
 /// Queues an Event about the Metal3Machine; drops it (counted) if the queue is full.
@@ -1237,28 +1243,6 @@ mod tests {
             let d = retry_delay(&j, a, max);
             assert!(d >= Duration::from_secs(1) && d <= max, "{a}: {d:?}");
         }
-    }
-
-    #[test]
-    fn the_need_predates_a_restart_only_by_the_operators_clock() {
-        let t = |s: &str| s.parse::<Timestamp>().unwrap();
-        let started = t("2026-11-26T10:00:00Z");
-        let seen = t("2026-11-26T10:00:05.250Z");
-        // Provisioned long before this process started: a restart; use the BMO's time.
-        assert_eq!(
-            needed_since(Some(t("2026-11-26T09:59:00Z")), seen, started),
-            t("2026-11-26T09:59:00Z")
-        );
-        // Provisioned while running (whole seconds): our own observation is finer.
-        assert_eq!(
-            needed_since(Some(t("2026-11-26T10:00:05Z")), seen, started),
-            seen
-        );
-        assert_eq!(
-            needed_since(Some(t("2026-11-26T09:59:59.5Z")), seen, started),
-            seen
-        );
-        assert_eq!(needed_since(None, seen, started), seen);
     }
 
     #[test]

@@ -427,7 +427,6 @@ impl Kubelets {
                 self.dispatch(d, &workloads, &metrics, &mut posts);
             }
             while posts.try_join_next().is_some() {}
-            metrics.kubelets.set(self.len() as i64);
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,

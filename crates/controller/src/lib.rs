@@ -16,6 +16,8 @@ pub mod controller;
 pub mod error;
 pub mod fake;
 pub mod fidelity;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod kubelet;
 pub mod leadership;

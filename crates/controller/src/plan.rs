@@ -3,8 +3,9 @@
 //! No I/O: lookups go through [`Lookup`], which the controller backs with reflector stores
 //! and the unit tests with plain maps.
 
+use jiff::Timestamp;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
@@ -12,6 +13,8 @@ use crate::error::Error;
 use crate::fake::kubeadm_config::{self, ClusterFacts};
 use crate::fake::names::{is_label_value, node_name_problem};
 use crate::fake::node::{self, Hardware, NodeFacts};
+use crate::fake::static_pods::{self, StaticPodFacts};
+use crate::fidelity::{Fate, Fidelity};
 use crate::resources::{
     BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, Cluster, Machine,
     Metal3Machine, PROVISIONED,
@@ -299,6 +302,109 @@ fn is_ip(text: &str) -> bool {
     text.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// What this process remembers of a Metal3Machine, beside what the stores hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    /// When this process first saw it need a Node.
+    pub first_seen: Timestamp,
+    pub process_started: Timestamp,
+    /// Its KubeadmConfig carries the certificates' expiry already.
+    pub certificates_annotated: bool,
+}
+
+/// What a Metal3Machine that needs a Node gets now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Steps {
+    /// An injected fault withholds its Node forever.
+    Withheld,
+    /// Its host is still booting (the startup delay): nothing before `due`.
+    Booting { due: Timestamp },
+    /// What its kubelet and kubeadm leave in the workload cluster, in this order.
+    Register(Box<Registration>),
+}
+
+/// The requests of a registration, decided before any of them is sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    /// The start of the Node's creation latency.
+    pub needed_since: Timestamp,
+    /// The owning Machine whose KubeadmConfig gets the certificates' expiry first (once
+    /// CAPM3 sees the Node, the Metal3Machine is done).
+    pub annotate_certificates: Option<String>,
+    /// The mirror Pods, before the Node (KCP reads them once it sees the Node).
+    pub static_pods: Vec<Pod>,
+    /// Mirror Pods skipped: their names would exceed 253 characters.
+    pub unpostable: Vec<String>,
+    /// The Node gets a Lease (heartbeats are on).
+    pub lease: bool,
+    /// This process keeps the Node's kubelet (heartbeats, faults, cleanup).
+    pub track: bool,
+}
+
+/// Decides, from what the Metal3Machine needs, the fidelity asked for and what this
+/// process remembers, what happens now. `now` also stamps the mirror Pods.
+pub fn steps(
+    desired: &Desired,
+    m3m: &Metal3Machine,
+    fidelity: &Fidelity,
+    memory: &Memory,
+    now: Timestamp,
+) -> Steps {
+    let host_uid = node::host_uid(&desired.node).unwrap_or_default();
+    if fidelity.fate(host_uid) == Fate::NeverReady {
+        return Steps::Withheld;
+    }
+    let needed = needed_since(
+        desired.provisioned_at.as_ref().map(|t| t.0),
+        memory.first_seen,
+        memory.process_started,
+    );
+    let due = fidelity.startup_due(needed, host_uid);
+    if now < due {
+        return Steps::Booting { due };
+    }
+    let annotate_certificates = (fidelity.annotate_certificate_expiry
+        && desired.kubeadm_config.is_some()
+        && !memory.certificates_annotated)
+        .then(|| owner_machine(m3m).map(str::to_string))
+        .flatten();
+    let facts = fidelity
+        .static_pods
+        .then(|| StaticPodFacts::of_node(&desired.node))
+        .flatten();
+    let (static_pods, unpostable) = match &facts {
+        Some(f) => (
+            static_pods::static_pods(f, fidelity.stacked_etcd_pods, &Time(now)),
+            static_pods::unpostable(f, fidelity.stacked_etcd_pods),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    Steps::Register(Box::new(Registration {
+        needed_since: needed,
+        annotate_certificates,
+        static_pods,
+        unpostable,
+        lease: fidelity.heartbeats(),
+        track: fidelity.tracks_nodes(),
+    }))
+}
+
+/// When the Metal3Machine started needing its Node. If the host finished provisioning
+/// before this process started, the need predates the process (a restart): the
+/// baremetal-operator's timestamp is the only record. Otherwise this process saw the need
+/// arise, and its own sub-second observation is the better clock. (The 1 s slack covers
+/// the API's whole-second timestamps.)
+pub fn needed_since(
+    provisioned_at: Option<Timestamp>,
+    first_seen: Timestamp,
+    process_started: Timestamp,
+) -> Timestamp {
+    match provisioned_at {
+        Some(p) if p + jiff::SignedDuration::from_secs(1) < process_started => p,
+        _ => first_seen,
+    }
+}
+
 /// The kubeconfig of a workload cluster: its CAPI Secret `<cluster>-kubeconfig`, key
 /// `value`.
 pub fn kubeconfig_source(
@@ -424,7 +530,7 @@ fn cluster_facts(cluster: &Cluster, version: &str) -> ClusterFacts {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use k8s_openapi::api::core::v1::ObjectReference;
@@ -432,48 +538,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::fixtures::{World, key, read, read_mut};
     use crate::resources::UUID_LABEL;
-
-    type Objects<K> = HashMap<(String, String), Arc<Tolerant<K>>>;
-
-    #[derive(Default)]
-    struct World {
-        hosts: Objects<BareMetalHost>,
-        machines: Objects<Machine>,
-        clusters: Objects<Cluster>,
-        secrets: Objects<Secret>,
-    }
-
-    /// The typed view of a test object, to change it.
-    fn read_mut<K: Clone>(t: &mut Arc<Tolerant<K>>) -> &mut K {
-        match Arc::make_mut(t) {
-            Tolerant::Read(k) => k,
-            Tolerant::Unreadable(_) => panic!("unreadable"),
-        }
-    }
-
-    fn read<K>(k: K) -> Arc<Tolerant<K>> {
-        Arc::new(Tolerant::Read(k))
-    }
-
-    fn key(ns: &str, name: &str) -> (String, String) {
-        (ns.to_string(), name.to_string())
-    }
-
-    impl Lookup for World {
-        fn host(&self, ns: &str, name: &str) -> Found<BareMetalHost> {
-            self.hosts.get(&key(ns, name)).cloned()
-        }
-        fn machine(&self, ns: &str, name: &str) -> Found<Machine> {
-            self.machines.get(&key(ns, name)).cloned()
-        }
-        fn cluster(&self, ns: &str, name: &str) -> Found<Cluster> {
-            self.clusters.get(&key(ns, name)).cloned()
-        }
-        fn secret(&self, ns: &str, name: &str) -> Found<Secret> {
-            self.secrets.get(&key(ns, name)).cloned()
-        }
-    }
 
     fn now() -> Time {
         Time("2026-11-26T08:00:00Z".parse().unwrap())
@@ -737,19 +803,7 @@ mod tests {
     }
 
     fn unreadable<K>(name: &str, path: &str) -> Arc<Tolerant<K>> {
-        Arc::new(Tolerant::Unreadable(Box::new(
-            crate::tolerant::Unreadable {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some("metal3".into()),
-                    ..Default::default()
-                },
-                problem: crate::tolerant::Problem {
-                    path: path.into(),
-                    message: "invalid value".into(),
-                },
-            },
-        )))
+        crate::fixtures::unreadable("metal3", name, path)
     }
 
     #[test]
@@ -1073,5 +1127,107 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_need_predates_a_restart_only_by_the_operators_clock() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let started = t("2026-11-26T10:00:00Z");
+        let seen = t("2026-11-26T10:00:05.250Z");
+        // Provisioned long before this process started: a restart; use the BMO's time.
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T09:59:00Z")), seen, started),
+            t("2026-11-26T09:59:00Z")
+        );
+        // Provisioned while running (whole seconds): our own observation is finer.
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T10:00:05Z")), seen, started),
+            seen
+        );
+        assert_eq!(
+            needed_since(Some(t("2026-11-26T09:59:59.5Z")), seen, started),
+            seen
+        );
+        assert_eq!(needed_since(None, seen, started), seen);
+    }
+
+    fn memory() -> Memory {
+        Memory {
+            first_seen: now().0,
+            process_started: "2026-11-26T07:00:00Z".parse().unwrap(),
+            certificates_annotated: false,
+        }
+    }
+
+    fn steps_of(fidelity: &Fidelity, memory: &Memory, at: Timestamp) -> Steps {
+        let (w, m3m) = world();
+        steps(&ensure(&w, &m3m), &m3m, fidelity, memory, at)
+    }
+
+    #[test]
+    fn a_control_plane_gets_its_mirror_pods_lease_and_certificates_in_the_plan() {
+        let full = Fidelity {
+            static_pods: true,
+            heartbeat_interval: std::time::Duration::from_secs(40),
+            annotate_certificate_expiry: true,
+            ..Fidelity::default()
+        };
+        let Steps::Register(r) = steps_of(&full, &memory(), now().0) else {
+            panic!("registers");
+        };
+        let names: Vec<_> = r
+            .static_pods
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "kube-apiserver-test1-cp-abcde",
+                "kube-controller-manager-test1-cp-abcde",
+                "kube-scheduler-test1-cp-abcde"
+            ]
+        );
+        assert!(r.unpostable.is_empty());
+        assert!(r.lease && r.track);
+        assert_eq!(r.annotate_certificates.as_deref(), Some("test1-cp-abcde"));
+        // The host was provisioned after this process started: its own sight counts.
+        assert_eq!(r.needed_since, now().0);
+        // Once annotated, never again; without the fidelity, nothing of it.
+        let done = Memory {
+            certificates_annotated: true,
+            ..memory()
+        };
+        let Steps::Register(r) = steps_of(&full, &done, now().0) else {
+            panic!("registers");
+        };
+        assert_eq!(r.annotate_certificates, None);
+        let Steps::Register(bare) = steps_of(&Fidelity::default(), &memory(), now().0) else {
+            panic!("registers");
+        };
+        assert!(bare.static_pods.is_empty() && !bare.lease && !bare.track);
+        assert_eq!(bare.annotate_certificates, None);
+    }
+
+    #[test]
+    fn faults_and_startup_delays_are_decided_in_the_plan() {
+        let never = Fidelity {
+            never_ready_fraction: 1.0,
+            ..Fidelity::default()
+        };
+        assert_eq!(steps_of(&never, &memory(), now().0), Steps::Withheld);
+        let booting = Fidelity {
+            startup_delay: std::time::Duration::from_secs(60),
+            ..Fidelity::default()
+        };
+        let due = now().0 + jiff::SignedDuration::from_secs(60);
+        assert_eq!(
+            steps_of(&booting, &memory(), now().0),
+            Steps::Booting { due }
+        );
+        assert!(matches!(
+            steps_of(&booting, &memory(), due),
+            Steps::Register(_)
+        ));
     }
 }

@@ -315,6 +315,7 @@ async fn a_rotated_kubeconfig_secret_is_used_at_once() {
     );
     // A, still without a providerID, is needed in the cluster's new server as well.
     ready_node(&env.workloads[1], &a).await;
+    ctl.scrape();
     assert_eq!(
         ctl.metrics.workload_clients.get(),
         1,

@@ -111,6 +111,7 @@ async fn counts(ctl: &common::RunningController, deleted: u64, kubelets: i64) {
         &format!("{deleted} Nodes deleted, {kubelets} kept"),
         LIMIT,
         || async {
+            ctl.scrape();
             (ctl.metrics.nodes_deleted.get() == deleted && ctl.metrics.kubelets.get() == kubelets)
                 .then_some(())
         },
@@ -529,12 +530,14 @@ async fn a_cluster_whose_kubeconfig_is_gone_is_forgotten() {
         })
         .await;
     }
+    ctl.scrape();
     assert_eq!(ctl.metrics.workload_clients.get(), 1);
 
     world::delete_kubeconfig_secret(&mgmt, &ns, &ns)
         .await
         .unwrap();
     eventually("the client and kubelets forgotten", LIMIT, || async {
+        ctl.scrape();
         (ctl.metrics.workload_clients.get() == 0 && ctl.metrics.kubelets.get() == 0).then_some(())
     })
     .await;

@@ -58,6 +58,12 @@ impl RunningController {
             .expect("the controller task did not panic");
     }
 
+    /// Brings the gauges derived from the controller's state up to date, as a scrape
+    /// does, and returns the exposition.
+    pub fn scrape(&self) -> String {
+        self.health.render().unwrap()
+    }
+
     /// The current value of `fakenode_reconcile_errors_total{reason}`.
     pub fn errors(&self, reason: &str) -> u64 {
         self.metrics
