@@ -181,6 +181,21 @@ impl Bookkeeping {
         }
     }
 
+    /// As [`Bookkeeping::saw_need`], for the Metal3Machine `m3m` (the store's copy, if it
+    /// has one) only if it is this shard's: another shard's, or one not watched here,
+    /// would never be forgotten.
+    fn saw_need_of(&self, shard: &Shard, m3m: Option<&Tolerant<Metal3Machine>>, key: String) {
+        let owned = m3m.is_some_and(|m| {
+            shard.owns(
+                m.namespace().as_deref().unwrap_or_default(),
+                m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
+            )
+        });
+        if owned {
+            self.saw_need(key);
+        }
+    }
+
     /// Forgets a Metal3Machine that is gone.
     fn forget(&self, namespace: &str, name: &str) {
         lock(&self.timings).remove(&timing_key(Some(namespace), name));
@@ -784,19 +799,12 @@ where
                     .as_ref()
                     .is_some_and(|s| s.provisioning.state == PROVISIONED)
             {
-                // Only this shard's own, known Metal3Machines are remembered.
                 for m3m in &consumers {
-                    let owned = for_host.metal3_machines.get(m3m).is_some_and(|m| {
-                        clock.shard.owns(
-                            m.namespace().as_deref().unwrap_or_default(),
-                            m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
-                        )
-                    });
-                    if owned {
-                        clock
-                            .book
-                            .saw_need(timing_key(m3m.namespace.as_deref(), &m3m.name));
-                    }
+                    clock.book.saw_need_of(
+                        &clock.shard,
+                        for_host.metal3_machines.get(m3m).as_deref(),
+                        timing_key(m3m.namespace.as_deref(), &m3m.name),
+                    );
                 }
             }
             consumers
@@ -1360,6 +1368,26 @@ mod tests {
         assert_eq!(store.state().len(), 1);
         writer.apply_watcher_event(&watcher::Event::Apply(host(serde_json::json!(4))));
         assert!(store.get(&key).unwrap().read().is_ok());
+    }
+
+    #[test]
+    fn the_bookkeeping_holds_only_the_shards_own_metal3machines() {
+        let m3m = tolerant::<Metal3Machine>(serde_json::json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2", "kind": "Metal3Machine",
+            "metadata": {"name": "m", "namespace": "ns", "labels": {CLUSTER_NAME_LABEL: "c"}},
+            "spec": {}
+        }));
+        let owner = Shard::of("ns", "c", 2);
+        let (mine, theirs) = (
+            Shard::new(owner, 2).unwrap(),
+            Shard::new(1 - owner, 2).unwrap(),
+        );
+        let book = Bookkeeping::default();
+        book.saw_need_of(&theirs, Some(&m3m), "ns/m".into());
+        book.saw_need_of(&mine, None, "ns/m".into());
+        assert_eq!(book.len(), 0, "another shard's, or one not in the store");
+        book.saw_need_of(&mine, Some(&m3m), "ns/m".into());
+        assert_eq!(book.len(), 1);
     }
 
     #[test]

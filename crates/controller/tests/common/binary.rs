@@ -14,6 +14,8 @@ pub struct Binary {
     pub port: u16,
     /// Every line it wrote to stdout and stderr, in arrival order per stream.
     pub output: Arc<Mutex<Vec<String>>>,
+    /// Its stdout alone (with `--log-format json`, one record per line).
+    pub stdout: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -21,6 +23,16 @@ impl Binary {
     /// Starts `metal3-fakenode run` with the management `kubeconfig` (YAML), `args`, and
     /// `RUST_LOG` as given; nothing else is inherited.
     pub fn spawn(kubeconfig: &str, args: &[&str], rust_log: &str) -> Self {
+        Self::spawn_with_env(kubeconfig, args, rust_log, &[])
+    }
+
+    /// As [`Binary::spawn`], with these environment variables too (e.g. `POD_NAME`).
+    pub fn spawn_with_env(
+        kubeconfig: &str,
+        args: &[&str],
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig");
         std::fs::write(&path, kubeconfig).unwrap();
@@ -33,6 +45,7 @@ impl Binary {
             .env_clear()
             .env("KUBECONFIG", &path)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -40,12 +53,17 @@ impl Binary {
             .spawn()
             .unwrap();
         let output = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().unwrap(), output.clone());
-        collect(child.stderr.take().unwrap(), output.clone());
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        collect(
+            child.stdout.take().unwrap(),
+            vec![output.clone(), stdout.clone()],
+        );
+        collect(child.stderr.take().unwrap(), vec![output.clone()]);
         Self {
             child,
             port,
             output,
+            stdout,
             _dir: dir,
         }
     }
@@ -92,11 +110,13 @@ impl Binary {
     }
 }
 
-fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+fn collect(stream: impl AsyncRead + Unpin + Send + 'static, into: Vec<Arc<Mutex<Vec<String>>>>) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            into.lock().unwrap().push(line);
+            for lines in &into {
+                lines.lock().unwrap().push(line.clone());
+            }
         }
     });
 }

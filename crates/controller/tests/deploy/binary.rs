@@ -2,23 +2,7 @@
 //! no secret and stops cleanly on SIGTERM.
 
 use super::*;
-
-/// Every line of a child's stream, until it closes.
-fn lines(stream: impl AsyncRead + Unpin + Send + 'static) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            all.push(line);
-        }
-        all
-    })
-}
-
-/// The value of an unlabelled sample in a Prometheus text exposition.
-fn sample(exposition: &str, metric: &str) -> Option<f64> {
-    metal3_fakenode_testkit::exposition::metric_value(exposition, metric)
-}
+use common::binary::{Binary, sample as labelled};
 
 /// What must never reach the logs: the ServiceAccount token and the credentials of the
 /// workload kubeconfig (as the Secret stores them, and the decoded key).
@@ -67,34 +51,20 @@ async fn the_binary_runs_as_the_service_account_and_stops_cleanly_on_sigterm() {
         machines.push(world::machine(&admin, &ns, &spec).await.unwrap());
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, &sa.kubeconfig).unwrap();
-    let port = envtest::free_port().unwrap();
     let pod_name = unique("metal3-fakenode-pod");
     // Nothing inherited: the token kubeconfig is its only way in, as in the Pod.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_metal3-fakenode"))
-        .args(["run", "--log-format", "json", "--namespace", &ns])
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{port}"))
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", &pod_name)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = lines(child.stdout.take().unwrap());
-    let stderr = lines(child.stderr.take().unwrap());
-
-    let get = |path: &'static str| async move {
-        http_get(port, path)
-            .await
-            .filter(|(code, _)| *code == 200)
-            .map(|(_, body)| body)
+    let args = ["--log-format", "json", "--namespace", &ns];
+    let mut binary =
+        Binary::spawn_with_env(&sa.kubeconfig, &args, "info", &[("POD_NAME", &pod_name)]);
+    let get = |path: &'static str| {
+        let binary = &binary;
+        async move {
+            binary
+                .get(path)
+                .await
+                .filter(|(code, _)| *code == 200)
+                .map(|(_, body)| body)
+        }
     };
     let health = eventually("/healthz to answer 200", LIMIT, || get("/healthz")).await;
     assert_eq!(health, "ok");
@@ -117,22 +87,20 @@ async fn the_binary_runs_as_the_service_account_and_stops_cleanly_on_sigterm() {
         LIMIT,
         || async {
             let metrics = get("/metrics").await?;
-            (sample(&metrics, "fakenode_nodes_created_total")? == want).then_some(())
+            (labelled(&metrics, "fakenode_nodes_created_total", &[])? == want).then_some(())
         },
     )
     .await;
 
-    let pid = i32::try_from(child.id().expect("still running")).unwrap();
-    // SAFETY: kill(2) on our own child's pid, which is not reaped before `wait` below.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the binary exits within 30s of SIGTERM")
-        .unwrap();
-    let stdout = stdout.await.unwrap();
-    let stderr = stderr.await.unwrap();
-    assert_eq!(status.code(), Some(0), "stderr: {}", stderr.join("\n"));
-
+    binary.signal(libc::SIGTERM);
+    let code = binary.exit_within(Duration::from_secs(30)).await;
+    let logs = binary.lines().join("\n");
+    assert_eq!(
+        code,
+        Some(Some(0)),
+        "the binary exits 0 within 30s of SIGTERM: {logs}"
+    );
+    let stdout = binary.stdout.lock().unwrap().clone();
     let records: Vec<Value> = stdout
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -148,7 +116,6 @@ async fn the_binary_runs_as_the_service_account_and_stops_cleanly_on_sigterm() {
     assert_eq!(created.len(), machines.len(), "{messages:?}");
     assert!(messages.contains(&"stopped"), "{messages:?}");
 
-    let logs = [stdout.join("\n"), stderr.join("\n")].join("\n");
     for (what, secret) in secrets_of(&sa.token, &workload_kubeconfig) {
         assert!(!logs.contains(&secret), "the logs contain {what}");
     }

@@ -41,7 +41,6 @@ use metal3_fakenode::telemetry::LogFormat;
 use metal3_fakenode_testkit::envtest::{self, ApiServer};
 use metal3_fakenode_testkit::simulate::world::{self, MachineSpec};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// Where deploy/ puts the controller.
 const NAMESPACE: &str = "metal3";

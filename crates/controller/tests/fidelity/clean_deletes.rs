@@ -19,16 +19,7 @@ async fn cleanup_deletes_only_what_carries_our_label() {
     // Not ours: a Pod on the control-plane Node (kube-proxy, say), and the worker's Lease
     // taken by someone else before the controller came.
     let proxy = format!("kube-proxy-{}", cp.spec.name);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": proxy, "namespace": "kube-system"},
-        "spec": {"nodeName": cp.spec.name, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
-    }))
-    .unwrap();
-    pods(server)
-        .await
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    foreign_pod(server, &proxy, &cp.spec.name, json!({})).await;
     let leases = leases(server).await;
     let foreign: Lease = serde_json::from_value(json!({
         "metadata": {"name": worker.spec.name, "namespace": "kube-node-lease"},

@@ -141,3 +141,18 @@ async fn lease_version(api: &Api<Lease>, name: &str) -> Option<(String, String)>
     let renewed = lease.spec?.renew_time?;
     Some((lease.metadata.resource_version?, renewed.0.to_string()))
 }
+
+/// A Pod in `kube-system` on `node` that is not ours (a real kubelet's, or kube-proxy's),
+/// with these labels.
+async fn foreign_pod(server: &ApiServer, name: &str, node: &str, labels: serde_json::Value) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "kube-system", "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
+    }))
+    .unwrap();
+    pods(server)
+        .await
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+}

@@ -17,16 +17,13 @@ async fn control_plane_nodes_get_the_static_pods_kcp_reads() {
     let worker = machine(&mgmt, &ns, "md-0", false).await;
     // A kube-scheduler Pod by that name that is not ours (a real kubelet's): left alone.
     let foreign = format!("kube-scheduler-{}", cp.spec.name);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": foreign, "namespace": "kube-system", "labels": {"component": "kube-scheduler"}},
-        "spec": {"nodeName": cp.spec.name, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]},
-    }))
-    .unwrap();
-    pods(server)
-        .await
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    foreign_pod(
+        server,
+        &foreign,
+        &cp.spec.name,
+        json!({"component": "kube-scheduler"}),
+    )
+    .await;
 
     let ctl = start_controller(with(
         Fidelity {
