@@ -573,7 +573,7 @@ where
 {
     let (tx, rx) = tokio::sync::watch::channel(false);
     synced.push(rx);
-    let resource = plural::<V>();
+    let resource = crate::stores::resource_label::<V>();
     let reporter: WatchReporter = watches.health.register(resource);
     let logged = Logged::default();
     let timeout = u32::try_from(WATCH_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
@@ -614,18 +614,6 @@ where
         // after two quiet minutes), which pauses every watch of the scope at once: that
         // blinded the controller for minutes after a management API server restart.
         .filter_map(|result| futures::future::ready(result.ok().map(Ok)))
-}
-
-/// The resource's plural, a bounded label value.
-fn plural<V: View>() -> &'static str {
-    match V::plural(&()).as_ref() {
-        "metal3machines" => "metal3machines",
-        "baremetalhosts" => "baremetalhosts",
-        "machines" => "machines",
-        "clusters" => "clusters",
-        "secrets" => "secrets",
-        _ => "other",
-    }
 }
 
 fn identity<K: Resource>(obj: &K) -> String {

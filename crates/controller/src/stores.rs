@@ -8,9 +8,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::metrics::WATCHED_RESOURCES;
 use crate::plan::{self, Found, Inventory, Lookup};
 use crate::resources::{BareMetalHost, Cluster, Machine, Metal3Machine, PROVISIONED};
-use crate::tolerant::Tolerant;
+use crate::tolerant::{Tolerant, View};
 
 /// The reflector stores of one watch scope.
 #[derive(Clone)]
@@ -69,23 +70,30 @@ impl Stores {
             .count()
     }
 
-    /// Objects kept as unreadable, by resource (plural), for the metric.
+    /// Objects kept as unreadable, by resource, for the metric.
     pub(crate) fn unreadable(&self) -> [(&'static str, usize); 5] {
-        fn count<K: Resource + Clone>(store: &Store<Tolerant<K>>) -> usize
-        where
-            Tolerant<K>: Resource,
-            <Tolerant<K> as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone,
-        {
-            store.state().iter().filter(|o| o.read().is_err()).count()
+        fn count<V: View + Clone>(store: &Store<Tolerant<V>>) -> (&'static str, usize) {
+            let n = store.state().iter().filter(|o| o.read().is_err()).count();
+            (resource_label::<V>(), n)
         }
         [
-            ("metal3machines", count(&self.metal3_machines)),
-            ("baremetalhosts", count(&self.hosts)),
-            ("machines", count(&self.machines)),
-            ("clusters", count(&self.clusters)),
-            ("secrets", count(&self.secrets)),
+            count(&self.metal3_machines),
+            count(&self.hosts),
+            count(&self.machines),
+            count(&self.clusters),
+            count(&self.secrets),
         ]
     }
+}
+
+/// A watched kind's plural as a metric label: one of [`WATCHED_RESOURCES`], so bounded.
+pub(crate) fn resource_label<V: View>() -> &'static str {
+    let plural = V::plural(&());
+    WATCHED_RESOURCES
+        .iter()
+        .find(|r| **r == plural)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
@@ -114,5 +122,24 @@ impl Lookup for Stores {
 impl Inventory for Stores {
     fn metal3_machine_exists(&self, namespace: &str, name: &str) -> bool {
         get(&self.metal3_machines, namespace, name).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_watched_kind_has_its_own_label() {
+        let labels = [
+            resource_label::<Metal3Machine>(),
+            resource_label::<BareMetalHost>(),
+            resource_label::<Machine>(),
+            resource_label::<Cluster>(),
+            resource_label::<Secret>(),
+        ];
+        let mut sorted = labels.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, WATCHED_RESOURCES);
     }
 }
