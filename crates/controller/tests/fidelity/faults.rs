@@ -66,7 +66,7 @@ async fn injected_faults_hit_exactly_the_chosen_machines() {
             api.get_opt(&m.spec.name)
                 .await
                 .unwrap()
-                .filter(|n| ready_condition(n).status == "Unknown")
+                .filter(|n| posted_ready_condition(n).is_some_and(|c| c.status == "Unknown"))
         })
         .await;
         let ready = ready_condition(&node);

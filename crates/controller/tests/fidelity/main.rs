@@ -127,12 +127,17 @@ async fn counts(ctl: &common::RunningController, deleted: u64, kubelets: i64) {
 }
 
 fn ready_condition(node: &Node) -> k8s_openapi::api::core::v1::NodeCondition {
+    posted_ready_condition(node).expect("a Ready condition")
+}
+
+/// The Ready condition, if the status has been posted: a Node is created first and gets
+/// its conditions with the next request, as a kubelet registers it.
+fn posted_ready_condition(node: &Node) -> Option<k8s_openapi::api::core::v1::NodeCondition> {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .cloned()
-        .expect("a Ready condition")
 }
 
 /// resourceVersion and renewTime of a Lease.
