@@ -558,7 +558,7 @@ where
     Ok(())
 }
 
-async fn request<T>(
+pub(crate) async fn request<T>(
     workload: &WorkloadClient,
     metrics: &Metrics,
     verb: &'static str,

@@ -103,7 +103,19 @@ pub struct RunArgs {
     #[arg(long, env = "FAKENODE_STATIC_PODS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub static_pods: bool,
 
-    /// Also an etcd Pod per control-plane Node (stacked etcd; cannot be fully faked).
+    /// Serve the fake Nodes' kubelet API (port-forward to fake etcd members and to the
+    /// kube-apiserver's certificate) and advertise it on them: the address and port the
+    /// workload API servers reach --kubelet-bind-address at (an IP: kubeadm's API servers
+    /// prefer InternalIP). In a Pod: `$(POD_IP):10250`. Unset: no kubelet API.
+    #[arg(long, env = "FAKENODE_KUBELET_ADDRESS")]
+    pub kubelet_address: Option<SocketAddr>,
+
+    /// Where the kubelet API listens (with --kubelet-address).
+    #[arg(long, env = "FAKENODE_KUBELET_BIND_ADDRESS", default_value = ":10250", value_parser = parse_bind_address)]
+    pub kubelet_bind_address: SocketAddr,
+
+    /// An etcd Pod per control-plane Node even where no KubeadmControlPlane says the
+    /// cluster's etcd is stacked (it is detected from the KubeadmControlPlane otherwise).
     #[arg(long, env = "FAKENODE_STACKED_ETCD_PODS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub stacked_etcd_pods: bool,
 
@@ -243,6 +255,14 @@ impl RunArgs {
             not_ready_after: self.not_ready_after,
             annotate_certificate_expiry: self.annotate_certificate_expiry,
         }
+    }
+
+    /// The kubelet API's endpoint, if it is served.
+    pub fn kubelet_endpoint(&self) -> Option<crate::kubelet_api::Endpoint> {
+        self.kubelet_address.map(|advertise| crate::kubelet_api::Endpoint {
+            bind: self.kubelet_bind_address,
+            advertise,
+        })
     }
 
     pub fn workload_settings(&self) -> Settings {

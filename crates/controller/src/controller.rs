@@ -71,6 +71,8 @@ pub struct Config {
     pub shard: Shard,
     /// `/readyz` fails while a watch of the management cluster has been down this long.
     pub watch_down_grace: Duration,
+    /// The fake Nodes' kubelet API, if served.
+    pub kubelet: Option<crate::kubelet_api::Endpoint>,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             fidelity: Fidelity::default(),
             shard: Shard::default(),
             watch_down_grace: Duration::from_secs(15),
+            kubelet: None,
         }
     }
 }
@@ -137,6 +140,8 @@ struct Shared {
     workloads: Arc<WorkloadClients>,
     kubelets: Arc<Kubelets>,
     fidelity: Fidelity,
+    /// Where Nodes say their kubelet is, if this process serves it.
+    kubelet_endpoint: Option<std::net::SocketAddr>,
     /// The management cluster, for the few requests not served by the stores.
     client: Client,
     /// `--kube-qps`, shared by the Events and those requests.
@@ -271,6 +276,7 @@ pub async fn run(
         workloads: workloads.clone(),
         kubelets: kubelets.clone(),
         fidelity: config.fidelity.clone(),
+        kubelet_endpoint: config.kubelet.map(|k| k.advertise),
         client: client.clone(),
         kube_limiter: limiter,
         metrics: metrics.clone(),
@@ -338,6 +344,15 @@ pub async fn run(
     let fidelity = &config.fidelity;
     let posting = (fidelity.heartbeats() || fidelity.not_ready_fraction > 0.0).then(|| {
         AbortOnDrop(tokio::spawn(kubelets.clone().run(
+            workloads.clone(),
+            metrics.clone(),
+            stopped(),
+        )))
+    });
+    let _kubelet_api = config.kubelet.map(|endpoint| {
+        AbortOnDrop(tokio::spawn(serve_kubelet_api(
+            endpoint,
+            all_stores.clone(),
             workloads.clone(),
             metrics.clone(),
             stopped(),
@@ -541,6 +556,36 @@ impl Logged {
     }
 }
 
+/// Serves the kubelet API until `stop`. A port it cannot bind is said in the log; Nodes
+/// are still made (their port-forwards fail, as they did before the kubelet API existed).
+async fn serve_kubelet_api(
+    endpoint: crate::kubelet_api::Endpoint,
+    stores: Vec<Stores>,
+    workloads: Arc<WorkloadClients>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()>,
+) {
+    use crate::kubelet_api::{self, KubeletApi, Limits};
+    let api = match KubeletApi::new(endpoint, stores, workloads, metrics, Limits::default()) {
+        Ok(api) => Arc::new(api),
+        Err(e) => {
+            error!(error = %e, "kubelet API: cannot set up TLS; port-forwards to fake Nodes will fail");
+            return;
+        }
+    };
+    match tokio::net::TcpListener::bind(endpoint.bind).await {
+        Ok(listener) => {
+            info!(bind = %endpoint.bind, advertised = %endpoint.advertise, "serving the kubelet API of the fake Nodes");
+            kubelet_api::serve(listener, api, stop).await;
+        }
+        Err(e) => error!(
+            bind = %endpoint.bind,
+            error = %e,
+            "kubelet API: cannot listen; port-forwards to fake Nodes will fail"
+        ),
+    }
+}
+
 /// The backoff of a failing watch: quick first retries, then at most every
 /// [`watch_health::BACKOFF_MAX`] (kube's default grows to 30 s, which would leave the
 /// controller blind that long after the management API server is back), starting over
@@ -648,17 +693,33 @@ fn trim_meta<K: ResourceExt>(obj: &mut K) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
-/// Other CAPI Secrets carry the cluster-name label too (CA, etcd, bootstrap data); only
-/// the kubeconfig's data is kept in memory.
-fn trim_secret(secret: &mut Tolerant<Secret>) {
+/// Other CAPI Secrets carry the cluster-name label too (CA, etcd, bootstrap data): of
+/// those only the etcd CA's certificate is kept (the fake etcd members check KCP's client
+/// certificate against it). No private key of a CA stays in memory: RBAC cannot keep them
+/// out of a list, so they are dropped on receipt. Kubeconfigs are kept whole (their client
+/// key is how this process reaches the workload cluster).
+pub(crate) fn trim_secret(secret: &mut Tolerant<Secret>) {
     trim_meta(secret);
-    if let Tolerant::Read(secret) = secret
-        && !secret.name_any().ends_with("-kubeconfig")
-    {
-        secret.data = None;
+    if let Tolerant::Read(secret) = secret {
+        let name = secret.name_any();
+        if name.ends_with("-kubeconfig") {
+            return;
+        }
         secret.string_data = None;
+        if name.ends_with(ETCD_CA_SUFFIX) {
+            if let Some(data) = &mut secret.data {
+                data.retain(|key, _| key == CA_CERTIFICATE_KEY);
+            }
+        } else {
+            secret.data = None;
+        }
     }
 }
+
+/// CAPI's Secret of a cluster's etcd CA: `<cluster>-etcd`.
+pub const ETCD_CA_SUFFIX: &str = "-etcd";
+/// The certificate's key in CAPI's CA Secrets (`tls.key` holds the private key).
+pub const CA_CERTIFICATE_KEY: &str = "tls.crt";
 
 fn scope_controller<S>(
     client: &Client,
@@ -973,7 +1034,7 @@ async fn reconcile_one(
     let shared = &ctx.shared;
     let key = timing_key(m3m.namespace().as_deref(), &m3m.name_any());
     let now = Timestamp::now();
-    match plan::plan(m3m, &ctx.stores, &Time(now))? {
+    match plan::plan(m3m, &ctx.stores, shared.kubelet_endpoint, &Time(now))? {
         Plan::Closed => {
             let timing = lock(&shared.book.timings).remove(&key);
             if let Some(created) = timing.and_then(|t| t.node_created) {
@@ -1220,6 +1281,34 @@ pub fn retry_delay(backoff: &ExponentialBuilder, attempt: usize, max: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_ca_private_key_survives_the_trim() {
+        let secret = |name: &str| -> Tolerant<Secret> {
+            Tolerant::Read(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "ns"},
+                    "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5", "value": "a3ViZWNvbmZpZw=="},
+                }))
+                .unwrap(),
+            )
+        };
+        let keys = |s: &Tolerant<Secret>| -> Vec<String> {
+            let Tolerant::Read(s) = s else { return vec![] };
+            s.data.iter().flat_map(|d| d.keys().cloned()).collect()
+        };
+        let mut etcd = secret("a-etcd");
+        trim_secret(&mut etcd);
+        assert_eq!(keys(&etcd), ["tls.crt"]);
+        for name in ["a-ca", "a-sa", "a-proxy", "a-bootstrap-xyz"] {
+            let mut other = secret(name);
+            trim_secret(&mut other);
+            assert!(keys(&other).is_empty(), "{name}");
+        }
+        let mut kubeconfig = secret("a-kubeconfig");
+        trim_secret(&mut kubeconfig);
+        assert_eq!(keys(&kubeconfig).len(), 3);
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_the_cap() {

@@ -20,6 +20,7 @@ pub mod fidelity;
 mod fixtures;
 pub mod http;
 pub mod kubelet;
+pub mod kubelet_api;
 pub mod leadership;
 pub mod metrics;
 pub mod permissions;

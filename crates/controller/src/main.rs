@@ -68,6 +68,7 @@ async fn run(args: RunArgs, stop: Stop) -> anyhow::Result<()> {
         watch_down_grace: args.watch_down_grace,
         instance: args.pod_name.clone(),
         fidelity: args.fidelity(),
+        kubelet: args.kubelet_endpoint(),
         shard,
     };
     if args.leader_elect {

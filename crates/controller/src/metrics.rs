@@ -63,6 +63,14 @@ pub struct Metrics {
     pub unreadable_objects: IntGaugeVec,
     /// 1 while every watch of a resource is up, by resource.
     pub watch_up: IntGaugeVec,
+    /// Port-forward requests to the kubelet API, by result.
+    pub port_forward_sessions: IntCounterVec,
+    /// SPDY sessions of port-forwards open now.
+    pub port_forward_open: IntGauge,
+    /// Forwarded connections (stream pairs), by result.
+    pub port_forward_streams: IntCounterVec,
+    /// RPCs answered by the fake etcd members, by method and gRPC code.
+    pub etcd_rpcs: IntCounterVec,
 }
 
 /// The values of the `resource` label: the kinds the controller watches.
@@ -76,6 +84,9 @@ pub const WATCHED_RESOURCES: &[&str] = &[
 
 /// The values of `fakenode_heartbeats_total{result}`.
 pub const HEARTBEAT_RESULTS: &[&str] = &["posted", "failed", "skipped"];
+/// The values of `fakenode_port_forward_streams_total{result}`.
+pub const PORT_FORWARD_STREAM_RESULTS: &[&str] =
+    &["etcd", "api_server", "no_target", "incomplete", "failed"];
 /// The values of `fakenode_faults_injected_total{fault}`.
 pub const FAULTS: &[&str] = &["never_ready", "not_ready"];
 
@@ -210,6 +221,35 @@ impl Metrics {
                 ),
                 &["resource"],
             )?,
+            port_forward_sessions: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_port_forward_sessions_total",
+                    "Port-forward requests the kubelet API received, by result: served, \
+                     tls_failed or why it refused (no_client_certificate, unknown_caller, \
+                     unknown_pod, ambiguous, not_an_upgrade, workload_request_failed).",
+                ),
+                &["result"],
+            )?,
+            port_forward_open: IntGauge::new(
+                "fakenode_port_forward_sessions_open",
+                "Port-forward sessions (SPDY connections from workload API servers) open now.",
+            )?,
+            port_forward_streams: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_port_forward_streams_total",
+                    "Forwarded connections (stream pairs), by result: etcd, api_server, \
+                     no_target (a port no fake serves), incomplete (a pair never completed) \
+                     or failed.",
+                ),
+                &["result"],
+            )?,
+            etcd_rpcs: IntCounterVec::new(
+                Opts::new(
+                    "fakenode_etcd_rpcs_total",
+                    "RPCs the fake etcd members answered, by method and gRPC code.",
+                ),
+                &["method", "code"],
+            )?,
             registry,
         };
         metrics.register()?;
@@ -238,6 +278,10 @@ impl Metrics {
         r.register(Box::new(self.faults_injected.clone()))?;
         r.register(Box::new(self.unreadable_objects.clone()))?;
         r.register(Box::new(self.watch_up.clone()))?;
+        r.register(Box::new(self.port_forward_sessions.clone()))?;
+        r.register(Box::new(self.port_forward_open.clone()))?;
+        r.register(Box::new(self.port_forward_streams.clone()))?;
+        r.register(Box::new(self.etcd_rpcs.clone()))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "fakenode_build_info",
@@ -263,6 +307,10 @@ impl Metrics {
         for fault in FAULTS {
             self.faults_injected.with_label_values(&[fault]);
         }
+        for result in PORT_FORWARD_STREAM_RESULTS {
+            self.port_forward_streams.with_label_values(&[result]);
+        }
+        self.port_forward_sessions.with_label_values(&["served"]);
         for resource in WATCHED_RESOURCES {
             self.unreadable_objects
                 .with_label_values(&[resource])

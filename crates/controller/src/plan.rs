@@ -143,8 +143,14 @@ fn other_consumer(host: &BareMetalHost, m3m: &Metal3Machine) -> Option<String> {
     (!ours).then(|| format!("{kind} {namespace}/{name}"))
 }
 
-/// Decides what the Metal3Machine needs. `now` stamps the Node's conditions.
-pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Plan, Error> {
+/// Decides what the Metal3Machine needs. `kubelet` is where this process serves the
+/// Nodes' kubelet API, if it does; `now` stamps the Node's conditions.
+pub fn plan(
+    m3m: &Metal3Machine,
+    lookup: &impl Lookup,
+    kubelet: Option<std::net::SocketAddr>,
+    now: &Time,
+) -> Result<Plan, Error> {
     if m3m
         .spec
         .provider_id
@@ -241,7 +247,8 @@ pub fn plan(m3m: &Metal3Machine, lookup: &impl Lookup, now: &Time) -> Result<Pla
         version,
         machine_ip,
         &hardware(host, &mut ignored),
-    );
+    )
+    .with_kubelet(kubelet);
     let mut node = node::node(&facts, now);
     node::label_cluster(&mut node, &namespace, &cluster_name);
     Ok(Plan::Ensure(Box::new(Desired {
@@ -687,10 +694,10 @@ mod tests {
     fn a_provider_id_closes_the_loop() {
         let (w, mut m3m) = world();
         m3m.spec.provider_id = Some("metal3://metal3/node-0/test1-cp-m3m".into());
-        assert!(matches!(plan(&m3m, &w, &now()), Ok(Plan::Closed)));
+        assert!(matches!(plan(&m3m, &w, None, &now()), Ok(Plan::Closed)));
         // An empty providerID is no providerID.
         m3m.spec.provider_id = Some(String::new());
-        assert!(matches!(plan(&m3m, &w, &now()), Ok(Plan::Ensure(_))));
+        assert!(matches!(plan(&m3m, &w, None, &now()), Ok(Plan::Ensure(_))));
     }
 
     #[test]
@@ -698,7 +705,7 @@ mod tests {
         let (mut w, m3m) = world();
         let host = w.hosts.get_mut(&key("metal3", "node-0")).unwrap();
         read_mut(host).status.as_mut().unwrap().provisioning.state = "provisioning".into();
-        match plan(&m3m, &w, &now()).unwrap() {
+        match plan(&m3m, &w, None, &now()).unwrap() {
             Plan::WaitForHost { host, state } => {
                 assert_eq!(
                     (host.as_str(), state.as_str()),
@@ -1114,7 +1121,7 @@ mod tests {
                     w.clusters.insert(key("metal3", "test1"), Arc::new(tolerant(&v)));
                 }
             }
-            if let Ok(Plan::Ensure(d)) = plan(&m3m, &w, &now()) {
+            if let Ok(Plan::Ensure(d)) = plan(&m3m, &w, None, &now()) {
                 let problems = node_problems(&d.node);
                 proptest::prop_assert!(problems.is_empty(), "{path:?}: {problems:?}");
                 if let Some(facts) = crate::fake::static_pods::StaticPodFacts::of_node(&d.node) {

@@ -37,6 +37,8 @@ pub struct NodeFacts {
     pub cpus: u32,
     pub memory_mib: u64,
     pub disk_bytes: u64,
+    /// Where this process serves the kubelet API for the Node (port-forward), if it does.
+    pub kubelet: Option<std::net::SocketAddr>,
 }
 
 /// Hardware facts from the BareMetalHost, each optional (inspection may be disabled).
@@ -80,8 +82,63 @@ impl NodeFacts {
                 .disk_bytes
                 .filter(|d| *d > 0)
                 .unwrap_or(DEFAULT_DISK_BYTES),
+            kubelet: None,
         }
     }
+
+    /// The Node's kubelet is served at `endpoint`.
+    pub fn with_kubelet(mut self, endpoint: Option<std::net::SocketAddr>) -> Self {
+        self.kubelet = endpoint;
+        self
+    }
+}
+
+/// The kubelet's default port, advertised when this process serves no kubelet API.
+pub const KUBELET_PORT: u16 = 10250;
+
+/// The Node's addresses and kubelet port. An API server reaches a kubelet at the first
+/// address of its preferred types (kubeadm prefers InternalIP) and the advertised port:
+/// with a kubelet endpoint served here, its address comes first, so port-forwards reach
+/// this process; the host's own address follows, still visible.
+pub fn addresses_and_port(facts: &NodeFacts) -> (Vec<NodeAddress>, u16) {
+    let internal = |address: String| NodeAddress {
+        type_: "InternalIP".to_string(),
+        address,
+    };
+    let mut addresses = Vec::new();
+    let mut port = KUBELET_PORT;
+    if let Some(endpoint) = facts.kubelet {
+        port = endpoint.port();
+        if endpoint.ip().to_string() != facts.internal_ip {
+            addresses.push(internal(endpoint.ip().to_string()));
+        }
+    }
+    addresses.push(internal(facts.internal_ip.clone()));
+    addresses.push(NodeAddress {
+        type_: "Hostname".to_string(),
+        address: facts.name.clone(),
+    });
+    (addresses, port)
+}
+
+/// A merge patch that sets the Node's addresses and kubelet port as
+/// [`addresses_and_port`] decides, if they differ from `node`'s: Nodes made before the
+/// kubelet endpoint existed (or by a replica at another address) get it. A JSON merge
+/// patch replaces the list whole; a strategic one would merge InternalIPs by type.
+pub fn endpoint_patch(node: &Node, facts_addresses: &[NodeAddress], port: u16) -> Option<serde_json::Value> {
+    let status = node.status.as_ref();
+    let current = status.and_then(|s| s.addresses.as_deref()).unwrap_or(&[]);
+    let current_port = status
+        .and_then(|s| s.daemon_endpoints.as_ref())
+        .and_then(|d| d.kubelet_endpoint.as_ref())
+        .map(|e| e.port);
+    let same = current == facts_addresses && current_port == Some(i32::from(port));
+    (!same).then(|| {
+        json!({"status": {
+            "addresses": facts_addresses,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        }})
+    })
 }
 
 /// Inspection reports the kernel's name for the architecture; Nodes use Go's.
@@ -207,22 +264,16 @@ pub fn node_status(facts: &NodeFacts, now: &Time) -> NodeStatus {
         ("hugepages-1Gi".to_string(), Quantity("0".to_string())),
         ("hugepages-2Mi".to_string(), Quantity("0".to_string())),
     ]);
+    let (addresses, port) = addresses_and_port(facts);
     NodeStatus {
         conditions: Some(conditions),
-        addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".to_string(),
-                address: facts.internal_ip.clone(),
-            },
-            NodeAddress {
-                type_: "Hostname".to_string(),
-                address: facts.name.clone(),
-            },
-        ]),
+        addresses: Some(addresses),
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             architecture: facts.arch.clone(),

@@ -81,11 +81,13 @@ impl StaticPodFacts {
         Some(Self {
             node: node.metadata.name.clone()?,
             version: status.node_info.as_ref()?.kubelet_version.clone(),
+            // The host's address is the last InternalIP: a kubelet endpoint served by
+            // this process comes first (see `node::addresses_and_port`).
             internal_ip: status
                 .addresses
                 .as_ref()?
                 .iter()
-                .find(|a| a.type_ == "InternalIP")?
+                .rfind(|a| a.type_ == "InternalIP")?
                 .address
                 .clone(),
         })

@@ -262,6 +262,13 @@ impl ApiServer {
         let d = dir.path();
         let serving = ca.serving_cert()?;
         let admin = ca.client_cert("admin", Some("system:masters"))?;
+        // As kubeadm configures it: the API server's client certificate towards kubelets,
+        // signed by the cluster's CA (which tells metal3-fakenode's kubelet API the
+        // cluster), and the kubelet address types it prefers.
+        let kubelet_client =
+            ca.client_cert("kube-apiserver-kubelet-client", Some("kubeadm:cluster-admins"))?;
+        write_file(&d.join("kubelet-client.crt"), &kubelet_client.cert_pem)?;
+        write_file(&d.join("kubelet-client.key"), &kubelet_client.key_pem)?;
         write_file(&d.join("ca.crt"), &ca.cert_pem())?;
         write_file(&d.join("serving.crt"), &serving.cert_pem)?;
         write_file(&d.join("serving.key"), &serving.key_pem)?;
@@ -278,6 +285,9 @@ impl ApiServer {
             format!("--tls-cert-file={}", p("serving.crt")),
             format!("--tls-private-key-file={}", p("serving.key")),
             format!("--client-ca-file={}", p("ca.crt")),
+            format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+            format!("--kubelet-client-key={}", p("kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
             format!("--secure-port={port}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),

@@ -127,6 +127,40 @@ pub async fn kubeconfig_secret(
         .map(|_| ())
 }
 
+/// A CA Secret as CAPI writes it, `<cluster>-<purpose>` (`ca`, `etcd`, ...) with
+/// `tls.crt` and `tls.key`: the private key is there, as in a real management cluster.
+pub async fn ca_secret(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    purpose: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), kube::Error> {
+    let name = format!("{cluster}-{purpose}");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_string()),
+            labels: Some(BTreeMap::from([(
+                CLUSTER_NAME_LABEL.to_string(),
+                cluster.to_string(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("cluster.x-k8s.io/secret".to_string()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_string(), ByteString(cert_pem.as_bytes().to_vec())),
+            ("tls.key".to_string(), ByteString(key_pem.as_bytes().to_vec())),
+        ])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
+        .await
+        .map(|_| ())
+}
+
 /// The usual Secret data: `value` = the kubeconfig YAML.
 pub fn kubeconfig_data(yaml: &str) -> BTreeMap<String, ByteString> {
     BTreeMap::from([("value".to_string(), ByteString(yaml.as_bytes().to_vec()))])

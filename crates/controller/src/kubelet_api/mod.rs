@@ -1,0 +1,411 @@
+//! The kubelet API of the fake Nodes: what a workload kube-apiserver dials for
+//! `pods/<pod>/portforward` (the Node's first InternalIP and its advertised kubelet port).
+//! Behind the etcd Pod of a control-plane Node a fake etcd member answers, behind the
+//! kube-apiserver Pod a TLS endpoint with a realistic certificate: what the
+//! KubeadmControlPlane reads through port-forwards.
+//!
+//! Per request: the TLS client certificate names the workload cluster(s) whose CA issued
+//! it ([`callers`]); the Pod and its Node, read from those clusters, settle which one
+//! (its Node carries the cluster's labels); anything ambiguous is refused. Then the SPDY
+//! session's stream pairs are served ([`portforward`]).
+
+pub mod callers;
+pub mod etcd_members;
+pub mod portforward;
+pub mod targets;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::plan::{self, ClusterKey};
+use crate::stores::Stores;
+use crate::workload::{WorkloadClient, WorkloadClients};
+
+use callers::CaIndex;
+
+/// Where the kubelet API listens and what the Nodes advertise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub bind: SocketAddr,
+    /// The address and port the workload API servers reach `bind` at.
+    pub advertise: SocketAddr,
+}
+
+/// Bounds that keep one caller from exhausting the process.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// TLS connections open at once; more wait in the listen backlog.
+    pub connections: usize,
+    /// A TLS handshake and the HTTP request after it must finish within this.
+    pub handshake_timeout: Duration,
+    /// A SPDY session with no streams for this long is closed.
+    pub idle_timeout: Duration,
+    /// Forwarded connections (stream pairs) per SPDY session.
+    pub streams_per_session: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            streams_per_session: 64,
+        }
+    }
+}
+
+/// Why a port-forward request was refused: the HTTP status and message the workload API
+/// server relays to its client, and a bounded reason for the metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("not a SPDY/3.1 port-forward upgrade: {0}")]
+    NotAnUpgrade(String),
+    #[error(
+        "no client certificate: the kubelet API tells workload clusters apart by the \
+         kube-apiserver's --kubelet-client-certificate"
+    )]
+    NoClientCertificate,
+    #[error("the client certificate was issued by no workload cluster's CA known here")]
+    UnknownCaller,
+    #[error("pod {namespace}/{pod} is on no Node of the calling cluster ({clusters})")]
+    UnknownPod {
+        namespace: String,
+        pod: String,
+        clusters: String,
+    },
+    #[error(
+        "pod {namespace}/{pod} matches Nodes of several clusters whose CA issued the client \
+         certificate ({clusters}); refusing to guess"
+    )]
+    Ambiguous {
+        namespace: String,
+        pod: String,
+        clusters: String,
+    },
+    #[error("reading pod {namespace}/{pod} from the workload cluster: {message}")]
+    Workload {
+        namespace: String,
+        pod: String,
+        message: String,
+    },
+}
+
+impl Refused {
+    /// A bounded label for `fakenode_port_forward_sessions_total{result}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::NotAnUpgrade(_) => "not_an_upgrade",
+            Refused::NoClientCertificate => "no_client_certificate",
+            Refused::UnknownCaller => "unknown_caller",
+            Refused::UnknownPod { .. } => "unknown_pod",
+            Refused::Ambiguous { .. } => "ambiguous",
+            Refused::Workload { .. } => "workload_request_failed",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Refused::NotAnUpgrade(_) => StatusCode::BAD_REQUEST,
+            Refused::NoClientCertificate => StatusCode::UNAUTHORIZED,
+            Refused::UnknownCaller => StatusCode::FORBIDDEN,
+            Refused::UnknownPod { .. } => StatusCode::NOT_FOUND,
+            Refused::Ambiguous { .. } => StatusCode::CONFLICT,
+            Refused::Workload { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A Pod resolved for a port-forward: which cluster, and the objects its fakes need.
+pub struct Resolved {
+    pub cluster: ClusterKey,
+    pub workload: WorkloadClient,
+    pub pod: Pod,
+    pub node: Node,
+}
+
+/// The kubelet API's state, shared by its connections.
+pub struct KubeletApi {
+    pub(crate) stores: Vec<Stores>,
+    pub(crate) workloads: Arc<WorkloadClients>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    cas: CaIndex,
+    tls: Arc<rustls::ServerConfig>,
+    pub(crate) fakes: portforward::Fakes,
+}
+
+impl KubeletApi {
+    pub fn new(
+        endpoint: Endpoint,
+        stores: Vec<Stores>,
+        workloads: Arc<WorkloadClients>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Result<Self, tls::TlsError> {
+        let now = jiff::Timestamp::now();
+        let year = jiff::SignedDuration::from_hours(24 * 365);
+        let identity = tls::self_signed(
+            "metal3-fakenode-kubelet",
+            &[endpoint.advertise.ip().to_string()],
+            now - jiff::SignedDuration::from_hours(1),
+            now + year,
+        )?;
+        Ok(Self {
+            stores,
+            workloads,
+            metrics,
+            limits,
+            cas: CaIndex::default(),
+            tls: Arc::new(tls::kubelet_server_config(identity)?),
+            fakes: portforward::Fakes::new()?,
+        })
+    }
+
+    /// Works out which workload cluster's Pod a request names (see the module's doc).
+    async fn resolve(
+        &self,
+        chain: Option<&[CertificateDer<'static>]>,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Resolved, Refused> {
+        let chain = chain
+            .filter(|c| !c.is_empty())
+            .ok_or(Refused::NoClientCertificate)?;
+        let callers = self.cas.callers(&self.stores, chain);
+        if callers.is_empty() {
+            return Err(Refused::UnknownCaller);
+        }
+        let names = |keys: &[ClusterKey]| {
+            let mut names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+            names.truncate(8);
+            names.join(", ")
+        };
+        let candidates: Vec<ClusterKey> = callers.iter().map(|c| c.cluster.clone()).collect();
+        // One read per API server: clusters sharing a server see the same Pod.
+        let mut servers = std::collections::BTreeMap::new();
+        for caller in &callers {
+            servers
+                .entry(caller.server.clone())
+                .or_insert_with(|| caller.cluster.clone());
+        }
+        let mut found = Vec::new();
+        for via in servers.values() {
+            let Some(workload) = self.workload(via).await else {
+                continue;
+            };
+            let refused = |e: kube::Error| Refused::Workload {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                message: crate::tolerant::bounded(e.to_string(), 512),
+            };
+            let pods: Api<Pod> = Api::namespaced(workload.client.clone(), namespace);
+            let got = crate::apply::request(&workload, &self.metrics, "get", pods.get_opt(pod));
+            let Some(found_pod) = got.await.map_err(refused)? else {
+                continue;
+            };
+            let Some(node_name) = found_pod.spec.as_ref().and_then(|s| s.node_name.clone())
+            else {
+                continue;
+            };
+            let nodes: Api<Node> = Api::all(workload.client.clone());
+            let got = crate::apply::request(&workload, &self.metrics, "get", nodes.get_opt(&node_name));
+            let Some(node) = got.await.map_err(refused)? else {
+                continue;
+            };
+            let Some(cluster) = targets::cluster_of(&node).filter(|c| candidates.contains(c))
+            else {
+                continue;
+            };
+            let workload = if &cluster == via {
+                workload
+            } else {
+                match self.workload(&cluster).await {
+                    Some(w) => w,
+                    None => continue,
+                }
+            };
+            found.push(Resolved {
+                cluster,
+                workload,
+                pod: found_pod,
+                node,
+            });
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Refused::UnknownPod {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                clusters: names(&candidates),
+            }),
+            _ => Err(Refused::Ambiguous {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                clusters: names(&found.iter().map(|r| r.cluster.clone()).collect::<Vec<_>>()),
+            }),
+        }
+    }
+
+    /// The workload client of a cluster, from its kubeconfig Secret.
+    pub(crate) async fn workload(&self, cluster: &ClusterKey) -> Option<WorkloadClient> {
+        let stores = self.stores.iter().find(|s| s.covers(&cluster.namespace))?;
+        let source = plan::kubeconfig_source(stores, &cluster.namespace, &cluster.name).ok()?;
+        match self.workloads.client(cluster, &source).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                debug!(%cluster, error = %e, "no workload client for the kubelet API");
+                None
+            }
+        }
+    }
+}
+
+/// Serves the kubelet API on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<KubeletApi>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(api.tls.clone());
+    let slots = Arc::new(Semaphore::new(api.limits.connections));
+    tokio::pin!(stop);
+    loop {
+        let Ok(permit) = tokio::select! {
+            () = &mut stop => return,
+            permit = slots.clone().acquire_owned() => permit,
+        } else {
+            return;
+        };
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: pause rather than spin.
+                warn!(error = %e, "kubelet API: accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let api = api.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection(api, acceptor, socket, peer).await;
+        });
+    }
+}
+
+async fn connection(
+    api: Arc<KubeletApi>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let timeout = api.limits.handshake_timeout;
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "kubelet API: TLS handshake failed");
+            api.metrics.port_forward_sessions.with_label_values(&["tls_failed"]).inc();
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "kubelet API: TLS handshake timed out");
+            api.metrics.port_forward_sessions.with_label_values(&["tls_failed"]).inc();
+            return;
+        }
+    };
+    let chain: Option<Arc<[CertificateDer<'static>]>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+    let service = hyper::service::service_fn(move |request| {
+        let api = api.clone();
+        let chain = chain.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(api, chain, request).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    if let Err(e) = served.await {
+        debug!(%peer, error = %e, "kubelet API: connection ended with an error");
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(message)));
+    *response.status_mut() = status;
+    response
+}
+
+async fn route(
+    api: Arc<KubeletApi>,
+    chain: Option<Arc<[CertificateDer<'static>]>>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (request.method(), parts.as_slice()) {
+        (&http::Method::GET, ["healthz"]) => text(StatusCode::OK, "ok".into()),
+        (&http::Method::POST | &http::Method::GET, ["portForward", namespace, pod]) => {
+            let (namespace, pod) = (namespace.to_string(), pod.to_string());
+            match port_forward(&api, chain.as_deref(), request, &namespace, &pod).await {
+                Ok(response) => response,
+                Err(refused) => {
+                    info!(namespace, pod, reason = refused.reason(), "kubelet API: port-forward refused: {refused}");
+                    api.metrics
+                        .port_forward_sessions
+                        .with_label_values(&[refused.reason()])
+                        .inc();
+                    text(refused.status(), refused.to_string())
+                }
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("the fake kubelet serves no {path}")),
+    }
+}
+
+/// Answers the SPDY upgrade and serves the session once the connection is handed over.
+async fn port_forward(
+    api: &Arc<KubeletApi>,
+    chain: Option<&[CertificateDer<'static>]>,
+    mut request: Request<Incoming>,
+    namespace: &str,
+    pod: &str,
+) -> Result<Response<Body>, Refused> {
+    let accepted = spdy::upgrade::negotiate(request.headers(), &[portforward::PROTOCOL])
+        .map_err(|e| Refused::NotAnUpgrade(e.to_string()))?;
+    let resolved = api.resolve(chain, namespace, pod).await?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    let api = api.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => portforward::serve(api, resolved, TokioIo::new(upgraded)).await,
+            Err(e) => debug!(error = %e, "kubelet API: the upgrade did not complete"),
+        }
+    });
+    Ok(accepted.map(|()| Full::new(Bytes::new())))
+}
