@@ -364,10 +364,30 @@ where
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(Error::Handshake)?;
     let service = TowerToHyperService::new(EtcdService::new(backend, target));
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .serve_connection(TokioIo::new(stream), service)
-        .await
-        .map_err(Error::Http)
+        .await;
+    match served {
+        Err(e) if !closed_by_peer(&e) => Err(Error::Http(e)),
+        _ => Ok(()),
+    }
+}
+
+/// A client that goes away without a goodbye (a port-forward torn down, a process ended) is
+/// how these connections usually end, not a failure.
+fn closed_by_peer(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+            );
+        }
+        source = err.source();
+    }
+    false
 }
