@@ -86,9 +86,9 @@ pub trait Backend: Send + Sync + 'static {
 /// the same typed error.
 pub fn refusal_status(refusal: Refusal) -> Status {
     let code = match refusal {
-        Refusal::NotLeader | Refusal::BadLeaderTransferee | Refusal::NotEnoughStartedMembers => {
-            Code::FailedPrecondition
-        }
+        Refusal::NotLeader | Refusal::BadLeaderTransferee => Code::FailedPrecondition,
+        // etcd's server maps this one to its client-side error, which goes out as Unknown.
+        Refusal::NotEnoughStartedMembers => Code::Unknown,
         Refusal::MemberNotFound => Code::NotFound,
         Refusal::Stopped => Code::Unavailable,
     };

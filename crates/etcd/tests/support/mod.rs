@@ -49,40 +49,35 @@ impl TestCa {
 
     /// A client certificate as KCP makes one for itself.
     pub fn client_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        self.leaf(&[], ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    /// A serving certificate, for a real etcd.
-    pub fn serving_cert(
-        &self,
-        names: &[&str],
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    fn leaf(
-        &self,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().expect("leaf key");
-        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(sans).expect("leaf params");
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::new()).expect("client params");
         params
             .distinguished_name
             .push(DnType::CommonName, "kube-etcd-healthcheck-client");
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
         let cert = params
             .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
+            .expect("client certificate");
         (
             vec![cert.der().clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
+    }
+
+    /// A serving certificate and its key as PEM, for a real etcd's flags.
+    pub fn serving_cert_pem(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().expect("serving key");
+        let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(sans).expect("serving params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("serving certificate");
+        (cert.pem(), key.serialize_pem())
     }
 }
 
