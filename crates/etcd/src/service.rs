@@ -52,7 +52,9 @@ const DB_SIZE_QUOTA: i64 = 2 * 1024 * 1024 * 1024;
 pub struct LocalView {
     pub view: View,
     /// The answering member's name (its node name). If it is not a present member, the member
-    /// answers as a stopped etcd would.
+    /// answers as a stopped etcd would (Unavailable), which `clientv3` retries until its call
+    /// times out: a caller that knows a member is gone does better to refuse the connection,
+    /// as a real removed member's Pod would.
     pub local: String,
 }
 
