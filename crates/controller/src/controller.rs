@@ -573,16 +573,23 @@ async fn serves_control_planes(client: &Client) -> bool {
     let group = KubeadmControlPlane::group(&());
     let version = KubeadmControlPlane::version(&());
     let plural = KubeadmControlPlane::plural(&());
-    match client.list_api_group_resources(&format!("{group}/{version}")).await {
+    match client
+        .list_api_group_resources(&format!("{group}/{version}"))
+        .await
+    {
         Ok(list) => {
             let served = list.resources.iter().any(|r| r.name == plural);
             if !served {
-                info!("KubeadmControlPlanes are not served: stacked etcd is not detected (see --stacked-etcd-pods)");
+                info!(
+                    "KubeadmControlPlanes are not served: stacked etcd is not detected (see --stacked-etcd-pods)"
+                );
             }
             served
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            info!("KubeadmControlPlanes are not served: stacked etcd is not detected (see --stacked-etcd-pods)");
+            info!(
+                "KubeadmControlPlanes are not served: stacked etcd is not detected (see --stacked-etcd-pods)"
+            );
             false
         }
         Err(_) => true,
@@ -918,10 +925,11 @@ where
         .watches_stream(cluster_stream, move |cluster| match cluster.namespace() {
             Some(ns) => for_cluster.machines_of_cluster(&ns, &cluster.name_any()),
             None => Vec::new(),
-        })
-        ;
+        });
     let run = match control_plane_stream {
-        Some(stream) => run.watches_stream(stream, |_| Vec::<ObjectRef<Tolerant<Metal3Machine>>>::new()),
+        Some(stream) => {
+            run.watches_stream(stream, |_| Vec::<ObjectRef<Tolerant<Metal3Machine>>>::new())
+        }
         None => run,
     };
     let run = run

@@ -136,7 +136,11 @@ mod tests {
                 && p.verb == "patch"
                 && p.namespace.is_none())
         );
-        assert!(!required(&[None], false, true).iter().any(|p| p.verb == "patch"));
+        assert!(
+            !required(&[None], false, true)
+                .iter()
+                .any(|p| p.verb == "patch")
+        );
         let secrets = needed.iter().find(|p| p.resource == "secrets").unwrap();
         assert_eq!(secrets.to_string(), "list secrets.core cluster-wide");
     }

@@ -16,8 +16,8 @@ use crate::fake::node::{self, Hardware, NodeFacts};
 use crate::fake::static_pods::{self, StaticPodFacts};
 use crate::fidelity::{Fate, Fidelity};
 use crate::resources::{
-    BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, Cluster, Machine,
-    KUBEADM_CONTROL_PLANE_KIND, KubeadmControlPlane, Metal3Machine, PROVISIONED,
+    BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, Cluster,
+    KUBEADM_CONTROL_PLANE_KIND, KubeadmControlPlane, Machine, Metal3Machine, PROVISIONED,
 };
 use crate::tolerant::Tolerant;
 
@@ -649,14 +649,14 @@ mod tests {
     }
 
     fn ensure(w: &World, m3m: &Metal3Machine) -> Desired {
-        match plan(m3m, w, &now()).unwrap() {
+        match plan(m3m, w, None, &now()).unwrap() {
             Plan::Ensure(d) => *d,
             other => panic!("expected Ensure, got {other:?}"),
         }
     }
 
     fn error(w: &World, m3m: &Metal3Machine) -> Error {
-        plan(m3m, w, &now()).expect_err("expected an error")
+        plan(m3m, w, None, &now()).expect_err("expected an error")
     }
 
     #[test]
@@ -876,7 +876,7 @@ mod tests {
         assert_eq!(error(&w, &m3m).reason(), "kubeconfig_secret_unreadable");
         // Every one of them waits for the object to change, not for a timer.
         assert!(error(&w, &m3m).is_permanent());
-        assert!(matches!(plan(&m3m, &w0, &now()), Ok(Plan::Ensure(_))));
+        assert!(matches!(plan(&m3m, &w0, None, &now()), Ok(Plan::Ensure(_))));
     }
 
     #[test]

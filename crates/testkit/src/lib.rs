@@ -9,6 +9,7 @@
 
 pub mod envtest;
 pub mod exposition;
+pub mod kubelet_probe;
 pub mod probe;
 pub mod simulate;
 
