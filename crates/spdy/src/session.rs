@@ -256,7 +256,7 @@ impl Inner {
 
     fn release_data(&mut self, bytes: usize) {
         self.queued_data = self.queued_data.saturating_sub(bytes);
-        if self.queued_data < self.limits.send_buffer {
+        if self.queued_data == 0 || self.queued_data < self.limits.send_buffer {
             for w in self.writers.drain(..) {
                 w.wake();
             }
@@ -289,7 +289,11 @@ impl Inner {
         }
         match self.blocked_on {
             Some(id) => match self.streams.get(&id) {
-                Some(slot) if slot.recv_len >= self.limits.stream_recv_buffer => true,
+                Some(slot)
+                    if slot.recv_len > 0 && slot.recv_len >= self.limits.stream_recv_buffer =>
+                {
+                    true
+                }
                 _ => {
                     self.blocked_on = None;
                     false
@@ -399,7 +403,7 @@ impl Inner {
                 if let Some(w) = slot.reader.take() {
                     w.wake();
                 }
-                if slot.recv_len >= limit {
+                if slot.recv_len > 0 && slot.recv_len >= limit {
                     self.blocked_on = Some(id);
                 }
             }
@@ -639,7 +643,7 @@ impl AsyncRead for Stream {
                 slot.recv.pop_front();
             }
             slot.recv_len -= n;
-            let unblocked = slot.recv_len < limit;
+            let unblocked = slot.recv_len == 0 || slot.recv_len < limit;
             if unblocked && inner.blocked_on == Some(self.id) {
                 inner.blocked_on = None;
                 inner.wake_driver();
@@ -669,7 +673,8 @@ impl AsyncWrite for Stream {
         let mut inner = lock(&self.inner);
         let limits = inner.limits;
         let stopped = inner.closing;
-        let over = inner.queued_data >= limits.send_buffer;
+        // Some room is always granted, so a zero-sized buffer cannot wedge writers.
+        let over = inner.queued_data > 0 && inner.queued_data >= limits.send_buffer;
         let Some(slot) = inner.streams.get_mut(&self.id) else {
             return Poll::Ready(Err(session_gone()));
         };

@@ -580,3 +580,31 @@ async fn the_peer_hanging_up_ends_streams_and_session() {
     assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     session.closed().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn zero_sized_buffers_still_move_data() {
+    let limits = Limits {
+        stream_recv_buffer: 0,
+        send_buffer: 0,
+        max_data_chunk: 0,
+        ..Limits::default()
+    };
+    let (mut session, mut client) = pair(limits);
+    let id = client.open(Headers::new()).await;
+    let mut stream = session.accept().await.unwrap();
+    client.data(id, b"abc", true).await;
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"abc");
+    stream.write_all(b"xy").await.unwrap();
+    stream.shutdown().await.unwrap();
+    assert!(is_reply(&client.recv().await, id));
+    let mut echoed = Vec::new();
+    while let Some(Frame::Data { data, flags: f, .. }) = client.recv().await {
+        echoed.extend_from_slice(&data);
+        if f & flags::FIN != 0 {
+            break;
+        }
+    }
+    assert_eq!(echoed, b"xy");
+}
