@@ -18,6 +18,10 @@ pub const UUID_LABEL: &str = "metal3.io/uuid";
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 /// CAPI's label on control-plane Machines.
 pub const CONTROL_PLANE_LABEL: &str = "cluster.x-k8s.io/control-plane";
+/// CAPI's Secret of a cluster's etcd CA is `<cluster>-etcd`.
+pub const ETCD_CA_SECRET_SUFFIX: &str = "-etcd";
+/// The certificate's key in CAPI's CA Secrets (`tls.key` holds the private key).
+pub const CA_CERTIFICATE_KEY: &str = "tls.crt";
 /// The BareMetalHost provisioning state after which a real host boots and registers.
 pub const PROVISIONED: &str = "provisioned";
 

@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::debug;
 
 use crate::error::Error;
-use crate::fake::node::{self, host_uid, is_ready};
+use crate::fake::node::{self, endpoint_patch, host_uid, is_ready};
 use crate::fake::{is_ours, lease, managed_by_selector, static_pods};
 use crate::metrics::Metrics;
 use crate::plan::Desired;
@@ -122,6 +122,10 @@ async fn ensure_node(
     };
     if created_at.is_some() || !is_ready(&existing) {
         set_status(workload, metrics, &api, &name, &node.status).await?;
+    } else if let Some(patch) = desired_endpoint(node)
+        .and_then(|(addresses, port)| endpoint_patch(&existing, &addresses, port))
+    {
+        patch_endpoint(workload, metrics, &name, &patch).await?;
     }
     lift_startup_taints(workload, metrics, node, &existing).await?;
     // A create that reached the server but whose answer was lost leaves a Node without a
@@ -552,6 +556,38 @@ where
         metrics,
         "patch",
         api.patch_status(name, &field_manager(), &Patch::Merge(&patch)),
+    )
+    .await
+    .map_err(|e| classify(&workload.cluster, e))?;
+    Ok(())
+}
+
+/// The addresses and kubelet port of a Node as planned.
+fn desired_endpoint(node: &Node) -> Option<(Vec<k8s_openapi::api::core::v1::NodeAddress>, u16)> {
+    let status = node.status.as_ref()?;
+    let port = status
+        .daemon_endpoints
+        .as_ref()?
+        .kubelet_endpoint
+        .as_ref()?
+        .port;
+    Some((status.addresses.clone()?, u16::try_from(port).ok()?))
+}
+
+/// Sets a Node's addresses and kubelet port (a merge patch from
+/// [`crate::fake::node::endpoint_patch`]).
+pub async fn patch_endpoint(
+    workload: &WorkloadClient,
+    metrics: &Metrics,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(workload.client.clone());
+    request(
+        workload,
+        metrics,
+        "patch",
+        api.patch_status(name, &field_manager(), &Patch::Merge(patch)),
     )
     .await
     .map_err(|e| classify(&workload.cluster, e))?;

@@ -254,6 +254,8 @@ impl RunArgs {
             not_ready_fraction: self.not_ready_fraction,
             not_ready_after: self.not_ready_after,
             annotate_certificate_expiry: self.annotate_certificate_expiry,
+            // Set from the kubelet API's endpoint when the controller starts it.
+            kubelet_endpoint: None,
         }
     }
 

@@ -140,8 +140,6 @@ struct Shared {
     workloads: Arc<WorkloadClients>,
     kubelets: Arc<Kubelets>,
     fidelity: Fidelity,
-    /// Where Nodes say their kubelet is, if this process serves it.
-    kubelet_endpoint: Option<std::net::SocketAddr>,
     /// The management cluster, for the few requests not served by the stores.
     client: Client,
     /// `--kube-qps`, shared by the Events and those requests.
@@ -268,6 +266,9 @@ pub async fn run(
     ));
     let (events, queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let publisher = tokio::spawn(publish_events(queue, recorder, limiter.clone()));
+    // The one place the advertised kubelet endpoint comes from: the kubelet API served.
+    let mut config = config;
+    config.fidelity.kubelet_endpoint = config.kubelet.map(|k| k.advertise);
     let workloads = Arc::new(WorkloadClients::new(config.workload.clone()));
     let kubelets = Arc::new(Kubelets::new(config.fidelity.clone()));
     let shared = Arc::new(Shared {
@@ -276,7 +277,6 @@ pub async fn run(
         workloads: workloads.clone(),
         kubelets: kubelets.clone(),
         fidelity: config.fidelity.clone(),
-        kubelet_endpoint: config.kubelet.map(|k| k.advertise),
         client: client.clone(),
         kube_limiter: limiter,
         metrics: metrics.clone(),
@@ -746,20 +746,15 @@ pub(crate) fn trim_secret(secret: &mut Tolerant<Secret>) {
             return;
         }
         secret.string_data = None;
-        if name.ends_with(ETCD_CA_SUFFIX) {
+        if name.ends_with(crate::resources::ETCD_CA_SECRET_SUFFIX) {
             if let Some(data) = &mut secret.data {
-                data.retain(|key, _| key == CA_CERTIFICATE_KEY);
+                data.retain(|key, _| key == crate::resources::CA_CERTIFICATE_KEY);
             }
         } else {
             secret.data = None;
         }
     }
 }
-
-/// CAPI's Secret of a cluster's etcd CA: `<cluster>-etcd`.
-pub const ETCD_CA_SUFFIX: &str = "-etcd";
-/// The certificate's key in CAPI's CA Secrets (`tls.key` holds the private key).
-pub const CA_CERTIFICATE_KEY: &str = "tls.crt";
 
 fn scope_controller<S>(
     client: &Client,
@@ -1095,7 +1090,12 @@ async fn reconcile_one(
     let shared = &ctx.shared;
     let key = timing_key(m3m.namespace().as_deref(), &m3m.name_any());
     let now = Timestamp::now();
-    match plan::plan(m3m, &ctx.stores, shared.kubelet_endpoint, &Time(now))? {
+    match plan::plan(
+        m3m,
+        &ctx.stores,
+        shared.fidelity.kubelet_endpoint,
+        &Time(now),
+    )? {
         Plan::Closed => {
             let timing = lock(&shared.book.timings).remove(&key);
             if let Some(created) = timing.and_then(|t| t.node_created) {

@@ -36,6 +36,9 @@ pub struct Fidelity {
     /// Annotate control-plane KubeadmConfigs with a certificate expiry, so that KCP does
     /// not try to read the certificate through the kube-apiserver Pod.
     pub annotate_certificate_expiry: bool,
+    /// Where this process serves the Nodes' kubelet API (advertised on them), if it does;
+    /// the controller sets it from its kubelet API's endpoint.
+    pub kubelet_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// What happens to one machine's Node.

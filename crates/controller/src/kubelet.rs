@@ -20,11 +20,11 @@ use kube::ResourceExt;
 use tokio::sync::{Notify, OnceCell, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::apply::{self, LeaseOwner, Posted};
 use crate::error::Error;
-use crate::fake::node::{host_uid, is_ready};
+use crate::fake::node::{self, host_uid, is_ready};
 use crate::fake::stable_share;
 use crate::fidelity::{Fate, Fidelity};
 use crate::metrics::Metrics;
@@ -251,6 +251,15 @@ impl Kubelets {
                 let Some(record) = NodeRecord::of(node) else {
                     continue;
                 };
+                // Made by an earlier version or another replica: the kubelet API is here
+                // now (or gone). Said, and left for the next adoption, if it fails.
+                let patch = node::readvertised(node, self.fidelity.kubelet_endpoint)
+                    .and_then(|(addresses, port)| node::endpoint_patch(node, &addresses, port));
+                if let Some(patch) = patch
+                    && let Err(e) = apply::patch_endpoint(workload, metrics, &record.node, &patch).await
+                {
+                    warn!(cluster = %workload.cluster, node = %record.node, error = %e, "could not advertise the kubelet API on a Node");
+                }
                 let stopped = matches!(
                     self.fidelity.fate(&record.host_uid),
                     Fate::NotReadyAfter(_)

@@ -705,6 +705,7 @@ fn role(name: &str, without_watch: bool) -> serde_json::Value {
             {"apiGroups": ["infrastructure.cluster.x-k8s.io"], "resources": ["metal3machines"], "verbs": m3m_verbs},
             {"apiGroups": ["metal3.io"], "resources": ["baremetalhosts"], "verbs": ["list", "watch"]},
             {"apiGroups": ["cluster.x-k8s.io"], "resources": ["machines", "clusters"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["controlplane.cluster.x-k8s.io"], "resources": ["kubeadmcontrolplanes"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         ],

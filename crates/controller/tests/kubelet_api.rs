@@ -269,5 +269,20 @@ async fn port_forwards_reach_fake_etcd_members_and_the_api_server_certificate() 
             .get()
             >= 8
     );
+    let rpcs = |method: &str, code: &str| {
+        ctl.metrics
+            .etcd_rpcs
+            .with_label_values(&[method, code])
+            .get()
+    };
+    assert!(
+        rpcs("MemberList", "Ok") >= 4,
+        "{}",
+        rpcs("MemberList", "Ok")
+    );
+    assert_eq!(
+        (rpcs("MoveLeader", "Ok"), rpcs("MemberRemove", "Ok")),
+        (1, 1)
+    );
     ctl.stop().await;
 }

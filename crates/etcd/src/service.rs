@@ -75,6 +75,9 @@ pub trait Backend: Send + Sync + 'static {
         change: Change,
     ) -> impl Future<Output = Result<(), Status>> + Send;
 
+    /// Told of every answered call (the method's name and the gRPC code), for metrics.
+    fn observe(&self, _method: &'static str, _code: tonic::Code) {}
+
     /// The marker candidate for a leader move; wall-clock milliseconds unless overridden.
     fn now_marker(&self) -> u64 {
         SystemTime::now()
@@ -229,6 +232,7 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'stati
 
 /// One method of [`Calls`] as tonic's unary service.
 struct Method<B: Backend, Req, Resp> {
+    name: &'static str,
     calls: Arc<Calls<B>>,
     handler: fn(Arc<Calls<B>>, Req) -> BoxFuture<Resp, Status>,
 }
@@ -244,7 +248,15 @@ where
 
     fn call(&mut self, request: Request<Req>) -> Self::Future {
         let fut = (self.handler)(self.calls.clone(), request.into_inner());
-        Box::pin(async move { fut.await.map(Response::new) })
+        let (calls, name) = (self.calls.clone(), self.name);
+        Box::pin(async move {
+            let result = fut.await;
+            let code = result
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok);
+            calls.backend.observe(name, code);
+            result.map(Response::new)
+        })
     }
 }
 
@@ -272,6 +284,7 @@ impl<B: Backend> EtcdService<B> {
 }
 
 async fn unary<B, Req, Resp, ReqBody>(
+    name: &'static str,
     calls: Arc<Calls<B>>,
     handler: fn(Arc<Calls<B>>, Req) -> BoxFuture<Resp, Status>,
     req: http::Request<ReqBody>,
@@ -285,7 +298,15 @@ where
 {
     let mut grpc =
         Grpc::new(ProstCodec::<Resp, Req>::default()).max_decoding_message_size(MAX_REQUEST_BYTES);
-    grpc.unary(Method { calls, handler }, req).await
+    grpc.unary(
+        Method {
+            name,
+            calls,
+            handler,
+        },
+        req,
+    )
+    .await
 }
 
 impl<B, ReqBody> tower::Service<http::Request<ReqBody>> for EtcdService<B>
@@ -307,6 +328,7 @@ where
         match req.uri().path() {
             paths::MEMBER_LIST => Box::pin(async move {
                 Ok(unary(
+                    "MemberList",
                     calls,
                     |c, r| Box::pin(async move { c.member_list(r).await }),
                     req,
@@ -315,6 +337,7 @@ where
             }),
             paths::MEMBER_REMOVE => Box::pin(async move {
                 Ok(unary(
+                    "MemberRemove",
                     calls,
                     |c, r| Box::pin(async move { c.member_remove(r).await }),
                     req,
@@ -323,6 +346,7 @@ where
             }),
             paths::STATUS => Box::pin(async move {
                 Ok(unary(
+                    "Status",
                     calls,
                     |c, r| Box::pin(async move { c.status(r).await }),
                     req,
@@ -330,10 +354,17 @@ where
                 .await)
             }),
             paths::ALARM => Box::pin(async move {
-                Ok(unary(calls, |c, r| Box::pin(async move { c.alarm(r).await }), req).await)
+                Ok(unary(
+                    "Alarm",
+                    calls,
+                    |c, r| Box::pin(async move { c.alarm(r).await }),
+                    req,
+                )
+                .await)
             }),
             paths::MOVE_LEADER => Box::pin(async move {
                 Ok(unary(
+                    "MoveLeader",
                     calls,
                     |c, r| Box::pin(async move { c.move_leader(r).await }),
                     req,

@@ -149,10 +149,9 @@ async fn probe_speaks_etcd_to_a_real_etcd() {
         .etcd(&target, &stranger, EtcdOp::Status)
         .await
         .unwrap_err();
-    assert!(
-        matches!(&refused, ProbeError::Failed { stderr, .. } if stderr.contains("tls")),
-        "{refused}"
-    );
+    // What the client sees depends on timing (the TLS alert, or a write to a socket the
+    // server already closed); the refusal itself does not.
+    assert!(matches!(&refused, ProbeError::Failed { .. }), "{refused}");
 
     // KCP's API server certificate check, on the same TLS listener.
     let expiry = probe.cert_expiry(&target).await.unwrap();

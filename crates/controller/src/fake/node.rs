@@ -121,10 +121,38 @@ pub fn addresses_and_port(facts: &NodeFacts) -> (Vec<NodeAddress>, u16) {
     (addresses, port)
 }
 
-/// A merge patch that sets the Node's addresses and kubelet port as
-/// [`addresses_and_port`] decides, if they differ from `node`'s: Nodes made before the
-/// kubelet endpoint existed (or by a replica at another address) get it. A JSON merge
-/// patch replaces the list whole; a strategic one would merge InternalIPs by type.
+/// The addresses and kubelet port a Node of ours should have with `endpoint`, from what
+/// it has: the host's address is its last InternalIP (see [`addresses_and_port`]), the
+/// other types stay. `None` for a Node without an InternalIP.
+pub fn readvertised(
+    node: &Node,
+    endpoint: Option<std::net::SocketAddr>,
+) -> Option<(Vec<NodeAddress>, u16)> {
+    let current = node.status.as_ref()?.addresses.as_deref()?;
+    let host = current
+        .iter()
+        .rfind(|a| a.type_ == "InternalIP")?
+        .address
+        .clone();
+    let internal = |address: String| NodeAddress {
+        type_: "InternalIP".to_string(),
+        address,
+    };
+    let mut addresses = Vec::new();
+    if let Some(e) = endpoint
+        && e.ip().to_string() != host
+    {
+        addresses.push(internal(e.ip().to_string()));
+    }
+    addresses.push(internal(host));
+    addresses.extend(current.iter().filter(|a| a.type_ != "InternalIP").cloned());
+    Some((addresses, endpoint.map_or(KUBELET_PORT, |e| e.port())))
+}
+
+/// A merge patch of the Node's status that sets these addresses and kubelet port, if they
+/// differ from `node`'s: Nodes made before the kubelet API existed, or advertising
+/// another replica's address, get this one's. A JSON merge patch replaces the list whole;
+/// a strategic one would merge the InternalIPs by type.
 pub fn endpoint_patch(
     node: &Node,
     facts_addresses: &[NodeAddress],
@@ -373,6 +401,40 @@ mod tests {
             None,
             &Hardware::default(),
         )
+    }
+
+    #[test]
+    fn the_kubelet_endpoint_comes_first_and_old_nodes_are_patched_to_it() {
+        let endpoint: std::net::SocketAddr = "10.9.9.9:10251".parse().unwrap();
+        let old = node(&facts(true), &now());
+        let new = node(&facts(true).with_kubelet(Some(endpoint)), &now());
+        let addresses = new.status.as_ref().unwrap().addresses.clone().unwrap();
+        let seen: Vec<(&str, &str)> = addresses
+            .iter()
+            .map(|a| (a.type_.as_str(), a.address.as_str()))
+            .collect();
+        let (host, name) = (facts(true).internal_ip, facts(true).name);
+        assert_eq!(
+            seen,
+            [
+                ("InternalIP", "10.9.9.9"),
+                ("InternalIP", host.as_str()),
+                ("Hostname", name.as_str())
+            ]
+        );
+        // An old Node is brought to the same addresses and port, once.
+        let (wanted, port) = readvertised(&old, Some(endpoint)).unwrap();
+        assert_eq!((wanted.as_slice(), port), (addresses.as_slice(), 10251));
+        let patch = endpoint_patch(&old, &wanted, port).unwrap();
+        assert_eq!(
+            patch["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
+            10251
+        );
+        assert!(endpoint_patch(&new, &wanted, port).is_none());
+        // And back once the kubelet API is off.
+        let (back, port) = readvertised(&new, None).unwrap();
+        assert!(endpoint_patch(&old, &back, port).is_none());
+        assert!(endpoint_patch(&new, &back, port).is_some());
     }
 
     #[test]

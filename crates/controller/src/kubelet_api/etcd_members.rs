@@ -163,6 +163,14 @@ impl Members {
 impl Backend for Members {
     type Target = Member;
 
+    fn observe(&self, method: &'static str, code: tonic::Code) {
+        self.api
+            .metrics
+            .etcd_rpcs
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+    }
+
     async fn view(&self, target: &Member) -> Result<LocalView, tonic::Status> {
         Ok(LocalView {
             view: self.read(target).await?,

@@ -320,7 +320,11 @@ async fn etcd(
 /// The TLS configuration of a cluster's etcd members: client certificates must chain to
 /// the cluster's etcd CA (`<cluster>-etcd`, certificate only).
 fn etcd_tls(api: &KubeletApi, cluster: &ClusterKey) -> Result<Arc<rustls::ServerConfig>, String> {
-    let secret_name = format!("{}{}", cluster.name, crate::controller::ETCD_CA_SUFFIX);
+    let secret_name = format!(
+        "{}{}",
+        cluster.name,
+        crate::resources::ETCD_CA_SECRET_SUFFIX
+    );
     let secret = api
         .stores
         .iter()
@@ -346,7 +350,7 @@ fn etcd_tls(api: &KubeletApi, cluster: &ClusterKey) -> Result<Arc<rustls::Server
     let pem = secret
         .data
         .as_ref()
-        .and_then(|d| d.get(crate::controller::CA_CERTIFICATE_KEY))
+        .and_then(|d| d.get(crate::resources::CA_CERTIFICATE_KEY))
         .ok_or_else(|| {
             format!(
                 "the etcd CA Secret {}/{secret_name} has no tls.crt",

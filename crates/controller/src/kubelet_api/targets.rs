@@ -39,6 +39,11 @@ pub enum NoTarget {
         pod: String,
         cluster: String,
     },
+    #[error(
+        "the etcd member of {node} was removed (MemberRemove): like a removed etcd, it no \
+         longer serves"
+    )]
+    RemovedMember { node: String },
     #[error("no fake serves port {port} of pod {namespace}/{pod} (served: {served})")]
     Port {
         namespace: String,
@@ -78,6 +83,15 @@ pub fn target(cluster: &ClusterKey, pod: &Pod, node: &Node, port: u16) -> Result
     let node_name = node.name_any();
     match (component, port) {
         (Some(c), ETCD_CLIENT_PORT) if c == Component::Etcd.name() => {
+            // A removed member's clients would otherwise retry against it until their
+            // deadline (clientv3 retries "server stopped"); refused, they move on at once.
+            let removed = pod
+                .annotations()
+                .get(super::etcd_members::REMOVED_ANNOTATION)
+                .is_some_and(|v| v == "true");
+            if removed {
+                return Err(NoTarget::RemovedMember { node: node_name });
+            }
             Ok(Target::EtcdMember { node: node_name })
         }
         (Some(c), API_SERVER_PORT) if c == Component::ApiServer.name() => {
@@ -165,6 +179,15 @@ mod tests {
         assert!(matches!(
             target(&key("a"), &scheduler, &n, 10259),
             Err(NoTarget::Port { served: "none", .. })
+        ));
+        let mut removed = etcd.clone();
+        removed.metadata.annotations.get_or_insert_default().insert(
+            crate::kubelet_api::etcd_members::REMOVED_ANNOTATION.into(),
+            "true".into(),
+        );
+        assert!(matches!(
+            target(&key("a"), &removed, &n, 2379),
+            Err(NoTarget::RemovedMember { .. })
         ));
         let mut foreign = etcd.clone();
         foreign.metadata.labels = None;

@@ -126,6 +126,33 @@ async fn the_manifests_fit_the_binary_each_other_and_the_restricted_pod_security
         })
         .collect();
     assert_eq!(ports["metrics"], 8080);
+    // The kubelet API listens on the default bind address's port and is advertised at
+    // the Pod's address ($(POD_IP) expands the variable defined before it).
+    assert_eq!(
+        u64::from(args.kubelet_bind_address.port()),
+        ports["kubelet"]
+    );
+    let env: Vec<&Value> = container["env"].as_array().unwrap().iter().collect();
+    let position = |name: &str| env.iter().position(|e| e["name"] == name);
+    let (pod_ip, advertised) = (
+        position("POD_IP").unwrap(),
+        position("FAKENODE_KUBELET_ADDRESS").unwrap(),
+    );
+    assert!(pod_ip < advertised);
+    assert_eq!(
+        env[pod_ip]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    let address = env[advertised]["value"]
+        .as_str()
+        .unwrap()
+        .replace("$(POD_IP)", "10.1.2.3");
+    let parsed = Cli::try_parse_from([NAME, "run", "--kubelet-address", &address]).unwrap();
+    let Command::Run(parsed) = parsed.command;
+    assert_eq!(
+        parsed.kubelet_address,
+        Some("10.1.2.3:10250".parse().unwrap())
+    );
     assert_eq!(
         u64::from(args.metrics_bind_address.port()),
         ports["metrics"]

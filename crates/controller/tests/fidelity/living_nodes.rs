@@ -113,6 +113,7 @@ fn the_fidelity_flags_and_their_defaults() {
             not_ready_fraction: 0.0,
             not_ready_after: Duration::from_secs(300),
             annotate_certificate_expiry: false,
+            kubelet_endpoint: None,
         }
     );
     let set = parse(&[
