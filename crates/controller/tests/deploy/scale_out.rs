@@ -86,6 +86,8 @@ impl Pod {
                         .unwrap()
                         .to_string(),
                     "metadata.uid" => uid.to_string(),
+                    // Loopback: the replicas of a test share this machine.
+                    "status.podIP" => "127.0.0.1".to_string(),
                     other => panic!("{name}: the test does not fill in {other}"),
                 },
                 _ => panic!("{name}: neither a value nor a fieldRef: {var}"),
@@ -99,6 +101,9 @@ impl Pod {
             .args(extra)
             .arg("--metrics-bind-address")
             .arg(format!("127.0.0.1:{port}"))
+            // Replicas of a test share this machine: each its own kubelet API port.
+            .arg("--kubelet-bind-address")
+            .arg("127.0.0.1:0")
             .env_clear()
             .envs(env)
             .env("KUBECONFIG", &kubeconfig)
