@@ -6,7 +6,11 @@
 #     pinned by hack/crds;
 #   - what tests/deploy.rs checks deploy/ with, pinned by hack/crds/deploy: the
 #     prometheus-operator ServiceMonitor CRD (YAML shipped in its module) and kustomize,
-#     so the tests need no preinstalled kubectl.
+#     so the tests need no preinstalled kubectl;
+#   - hack/kubelet-probe, which drives a fake kubelet endpoint with the real clients of
+#     KCP (client-go's port-forward, etcd's clientv3). It changes with the repository,
+#     not with a pin, so it is keyed by a hash of its sources (and of the Go release),
+#     kept in a stamp file beside it, and rebuilt alone when only it changed.
 # Everything lands in a cache directory outside the repository, keyed by version, so a
 # second run is a no-op. Prints the assets directory as its last line of stdout; progress
 # goes to stderr.
@@ -34,9 +38,29 @@ cgen_version=$(modver "$here/crds" sigs.k8s.io/controller-tools)
 promop_version=$(modver "$here/crds/deploy" github.com/prometheus-operator/prometheus-operator)
 kustomize_version=$(modver "$here/crds/deploy" sigs.k8s.io/kustomize/kustomize/v5)
 
+probe_dir="$here/kubelet-probe"
+probe_key=$(cd "$probe_dir" && { go env GOVERSION; sha256sum go.mod go.sum ./*.go; } | sha256sum | cut -d' ' -f1)
+
+# Builds the probe into directory $1 and stamps it with the hash of its sources.
+build_probe() {
+  local dir=$1 tmp
+  log "building kubelet-probe (sources ${probe_key:0:12})..."
+  tmp=$(mktemp "$dir/.kubelet-probe.XXXXXX")
+  if ! (cd "$probe_dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp" .); then
+    rm -f "$tmp"
+    return 1
+  fi
+  mv "$tmp" "$dir/kubelet-probe"
+  echo "$probe_key" >"$dir/kubelet-probe.stamp"
+}
+probe_current() {
+  [[ -x "$1/kubelet-probe" && "$(cat "$1/kubelet-probe.stamp" 2>/dev/null)" == "$probe_key" ]]
+}
+
 k8s_key="k8s-$k8s_version-etcd-$etcd_version"
 assets="$cache_root/envtest/$k8s_key-capi-$capi_version-capm3-$capm3_version-bmo-$bmo_version-promop-$promop_version-kustomize-$kustomize_version"
 if [[ -x "$assets/kube-apiserver" && -x "$assets/etcd" && -x "$assets/kustomize" && -f "$assets/crds/.complete" ]]; then
+  probe_current "$assets" || build_probe "$assets"
   log "up to date: $assets"
   echo "$assets"
   exit 0
@@ -114,6 +138,7 @@ build_kustomize() {
 reuse_k8s || build_k8s
 build_crds
 build_kustomize
+build_probe "$work"
 rm -rf "$assets"
 mv "$work" "$assets"
 trap - EXIT

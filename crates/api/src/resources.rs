@@ -178,6 +178,9 @@ pub struct ContractVersionedObjectReference {
 pub struct ClusterSpec {
     #[serde(default)]
     pub control_plane_endpoint: ApiEndpoint,
+    /// The control plane's object (a KubeadmControlPlane, for kubeadm clusters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_ref: Option<ContractVersionedObjectReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_network: Option<ClusterNetwork>,
 }
@@ -208,6 +211,58 @@ pub struct NetworkRanges {
     pub cidr_blocks: Vec<String>,
 }
 
+/// The kind of [`KubeadmControlPlane`], as a Cluster's `controlPlaneRef` names it.
+pub const KUBEADM_CONTROL_PLANE_KIND: &str = "KubeadmControlPlane";
+
+/// Read for one fact: whether the cluster's etcd is stacked (kubeadm's default: a member
+/// on every control-plane Node) or external.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
+#[kube(
+    group = "controlplane.cluster.x-k8s.io",
+    version = "v1beta2",
+    kind = "KubeadmControlPlane",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeadmControlPlaneSpec {
+    #[serde(default)]
+    pub kubeadm_config_spec: KubeadmConfigSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeadmConfigSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_configuration: Option<ClusterConfiguration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ClusterConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdConfiguration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct EtcdConfiguration {
+    /// Present for external etcd; its fields are not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl KubeadmControlPlane {
+    /// kubeadm stacks etcd unless the ClusterConfiguration names an external one.
+    pub fn stacked_etcd(&self) -> bool {
+        self.spec
+            .kubeadm_config_spec
+            .cluster_configuration
+            .as_ref()
+            .and_then(|c| c.etcd.as_ref())
+            .is_none_or(|e| e.external.is_none())
+    }
+}
+
+impl crate::tolerant::View for KubeadmControlPlane {}
 impl crate::tolerant::View for Metal3Machine {}
 impl crate::tolerant::View for BareMetalHost {}
 impl crate::tolerant::View for Machine {}

@@ -259,10 +259,11 @@ impl RunArgs {
 
     /// The kubelet API's endpoint, if it is served.
     pub fn kubelet_endpoint(&self) -> Option<crate::kubelet_api::Endpoint> {
-        self.kubelet_address.map(|advertise| crate::kubelet_api::Endpoint {
-            bind: self.kubelet_bind_address,
-            advertise,
-        })
+        self.kubelet_address
+            .map(|advertise| crate::kubelet_api::Endpoint {
+                bind: self.kubelet_bind_address,
+                advertise,
+            })
     }
 
     pub fn workload_settings(&self) -> Settings {

@@ -296,6 +296,7 @@ pub async fn run(
         config.namespaces.iter().cloned().map(Some).collect()
     };
     let scope_names = scopes.clone();
+    let control_planes = serves_control_planes(&client).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stop = stop_rx.clone();
@@ -317,6 +318,7 @@ pub async fn run(
             Watches {
                 deleted: deleted.clone(),
                 health: watch_health.clone(),
+                control_planes,
             },
             stopped(),
         );
@@ -424,7 +426,11 @@ pub async fn run(
             }
         }
     });
-    let needed = permissions::required(&scope_names, config.fidelity.annotate_certificate_expiry);
+    let needed = permissions::required(
+        &scope_names,
+        config.fidelity.annotate_certificate_expiry,
+        control_planes,
+    );
     let readiness = {
         let health = health.clone();
         let metrics = metrics.clone();
@@ -528,6 +534,9 @@ struct Watches {
     /// Woken by every deletion (and re-list): the cleanup's cue.
     deleted: Arc<Notify>,
     health: Arc<WatchHealth>,
+    /// The API server serves KubeadmControlPlanes (not every management cluster runs
+    /// kubeadm's control-plane provider): only then are they watched.
+    control_planes: bool,
 }
 
 /// Unreadable objects already logged, by UID, with the resourceVersion logged: each
@@ -553,6 +562,37 @@ impl Logged {
 
     fn forget(&self, key: &str) {
         lock(&self.0).remove(key);
+    }
+}
+
+/// Whether the management API server serves KubeadmControlPlanes. Only a definite "not
+/// found" says no; any other answer (a transient error) counts as yes, and the watch
+/// then retries like the others.
+async fn serves_control_planes(client: &Client) -> bool {
+    use crate::resources::KubeadmControlPlane;
+    let group = KubeadmControlPlane::group(&());
+    let version = KubeadmControlPlane::version(&());
+    let plural = KubeadmControlPlane::plural(&());
+    match client
+        .list_api_group_resources(&format!("{group}/{version}"))
+        .await
+    {
+        Ok(list) => {
+            let served = list.resources.iter().any(|r| r.name == plural);
+            if !served {
+                info!(
+                    "KubeadmControlPlanes are not served: stacked etcd is not detected (see --stacked-etcd-pods)"
+                );
+            }
+            served
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            info!(
+                "KubeadmControlPlanes are not served: stacked etcd is not detected (see --stacked-etcd-pods)"
+            );
+            false
+        }
+        Err(_) => true,
     }
 }
 
@@ -808,6 +848,19 @@ where
         &watches,
         Some(wake_on_deletions(&watches.deleted)),
     );
+    let (control_planes, control_plane_writer) = reflector::store();
+    // Read only when a control-plane Node is made (stacked etcd or not): no mapper.
+    let control_plane_stream = watches.control_planes.then(|| {
+        watch(
+            api(client, &scope),
+            watcher::Config::default(),
+            control_plane_writer,
+            trim_meta,
+            &mut synced,
+            &watches,
+            None,
+        )
+    });
     // Only Secrets CAPI labels with a cluster name: unrelated Secrets are never cached.
     let secret_stream = watch(
         api(client, &scope),
@@ -823,6 +876,7 @@ where
         hosts,
         machines: machines.clone(),
         clusters,
+        control_planes,
         secrets,
         namespace: scope,
         synced,
@@ -871,7 +925,14 @@ where
         .watches_stream(cluster_stream, move |cluster| match cluster.namespace() {
             Some(ns) => for_cluster.machines_of_cluster(&ns, &cluster.name_any()),
             None => Vec::new(),
-        })
+        });
+    let run = match control_plane_stream {
+        Some(stream) => {
+            run.watches_stream(stream, |_| Vec::<ObjectRef<Tolerant<Metal3Machine>>>::new())
+        }
+        None => run,
+    };
+    let run = run
         .graceful_shutdown_on(stopped)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {

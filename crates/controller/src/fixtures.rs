@@ -8,7 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 
 use crate::plan::{Found, Inventory, Lookup};
-use crate::resources::{BareMetalHost, Cluster, Machine};
+use crate::resources::{BareMetalHost, Cluster, KubeadmControlPlane, Machine};
 use crate::tolerant::{Problem, Tolerant, Unreadable};
 
 pub type Objects<K> = HashMap<(String, String), Arc<Tolerant<K>>>;
@@ -19,6 +19,7 @@ pub struct World {
     pub machines: Objects<Machine>,
     pub clusters: Objects<Cluster>,
     pub secrets: Objects<Secret>,
+    pub control_planes: Objects<KubeadmControlPlane>,
     pub metal3_machines: HashSet<(String, String)>,
 }
 
@@ -66,6 +67,9 @@ impl Lookup for World {
     }
     fn secret(&self, ns: &str, name: &str) -> Found<Secret> {
         self.secrets.get(&key(ns, name)).cloned()
+    }
+    fn control_plane(&self, ns: &str, name: &str) -> Found<KubeadmControlPlane> {
+        self.control_planes.get(&key(ns, name)).cloned()
     }
 }
 

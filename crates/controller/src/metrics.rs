@@ -77,6 +77,7 @@ pub struct Metrics {
 pub const WATCHED_RESOURCES: &[&str] = &[
     "baremetalhosts",
     "clusters",
+    "kubeadmcontrolplanes",
     "machines",
     "metal3machines",
     "secrets",

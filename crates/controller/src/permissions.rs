@@ -7,6 +7,8 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 
+const CONTROL_PLANES: &str = "kubeadmcontrolplanes";
+
 /// One verb on one resource, in a namespace or cluster-wide.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Permission {
@@ -32,13 +34,19 @@ impl std::fmt::Display for Permission {
 }
 
 /// What the watched scopes (`None`: all namespaces) and the optional certificate-expiry
-/// annotation need: list and watch of every kind the stores hold, create of Events.
-pub fn required(scopes: &[Option<String>], annotate_certificate_expiry: bool) -> Vec<Permission> {
-    const WATCHED: [(&str, &str); 5] = [
+/// annotation need: list and watch of every kind the stores hold (KubeadmControlPlanes
+/// only where the API server serves them), create of Events.
+pub fn required(
+    scopes: &[Option<String>],
+    annotate_certificate_expiry: bool,
+    control_planes: bool,
+) -> Vec<Permission> {
+    const WATCHED: [(&str, &str); 6] = [
         ("infrastructure.cluster.x-k8s.io", "metal3machines"),
         ("metal3.io", "baremetalhosts"),
         ("cluster.x-k8s.io", "machines"),
         ("cluster.x-k8s.io", "clusters"),
+        ("controlplane.cluster.x-k8s.io", CONTROL_PLANES),
         ("", "secrets"),
     ];
     let mut needed = Vec::new();
@@ -50,6 +58,9 @@ pub fn required(scopes: &[Option<String>], annotate_certificate_expiry: bool) ->
             namespace: scope.clone(),
         };
         for (group, resource) in WATCHED {
+            if resource == CONTROL_PLANES && !control_planes {
+                continue;
+            }
             needed.push(at(group, resource, "list"));
             needed.push(at(group, resource, "watch"));
         }
@@ -99,8 +110,11 @@ mod tests {
     #[test]
     fn every_watched_kind_needs_list_and_watch_in_each_scope() {
         let scopes = [Some("a".to_string()), Some("b".to_string())];
-        let needed = required(&scopes, false);
-        assert_eq!(needed.len(), 2 * (5 * 2 + 1));
+        let needed = required(&scopes, false, true);
+        assert_eq!(needed.len(), 2 * (6 * 2 + 1));
+        let without = required(&scopes, false, false);
+        assert_eq!(without.len(), 2 * (5 * 2 + 1));
+        assert!(!without.iter().any(|p| p.resource == CONTROL_PLANES));
         let watch_m3m_in_b = Permission {
             group: "infrastructure.cluster.x-k8s.io",
             resource: "metal3machines",
@@ -116,13 +130,17 @@ mod tests {
 
     #[test]
     fn the_certificate_annotation_adds_its_own_verbs() {
-        let needed = required(&[None], true);
+        let needed = required(&[None], true, true);
         assert!(
             needed.iter().any(|p| p.resource == "kubeadmconfigs"
                 && p.verb == "patch"
                 && p.namespace.is_none())
         );
-        assert!(!required(&[None], false).iter().any(|p| p.verb == "patch"));
+        assert!(
+            !required(&[None], false, true)
+                .iter()
+                .any(|p| p.verb == "patch")
+        );
         let secrets = needed.iter().find(|p| p.resource == "secrets").unwrap();
         assert_eq!(secrets.to_string(), "list secrets.core cluster-wide");
     }

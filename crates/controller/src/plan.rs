@@ -16,8 +16,8 @@ use crate::fake::node::{self, Hardware, NodeFacts};
 use crate::fake::static_pods::{self, StaticPodFacts};
 use crate::fidelity::{Fate, Fidelity};
 use crate::resources::{
-    BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, Cluster, Machine,
-    Metal3Machine, PROVISIONED,
+    BMH_ANNOTATION, BareMetalHost, CLUSTER_NAME_LABEL, CONTROL_PLANE_LABEL, Cluster,
+    KUBEADM_CONTROL_PLANE_KIND, KubeadmControlPlane, Machine, Metal3Machine, PROVISIONED,
 };
 use crate::tolerant::Tolerant;
 
@@ -33,6 +33,7 @@ pub trait Lookup {
     fn machine(&self, namespace: &str, name: &str) -> Found<Machine>;
     fn cluster(&self, namespace: &str, name: &str) -> Found<Cluster>;
     fn secret(&self, namespace: &str, name: &str) -> Found<Secret>;
+    fn control_plane(&self, namespace: &str, name: &str) -> Found<KubeadmControlPlane>;
 }
 
 /// What the cleanup's sweep reads besides [`Lookup`].
@@ -69,6 +70,9 @@ pub struct Desired {
     pub node: Node,
     /// Only for control-plane Machines.
     pub kubeadm_config: Option<ConfigMap>,
+    /// Whether the cluster's KubeadmControlPlane stacks etcd (`None`: no readable
+    /// KubeadmControlPlane says, or a worker).
+    pub stacked_etcd: Option<bool>,
     /// `namespace/name` of the BareMetalHost, for messages.
     pub host: String,
     /// When the host finished provisioning, by the baremetal-operator's clock, if it says.
@@ -218,6 +222,7 @@ pub fn plan(
     let mut ignored = Vec::new();
     let version = kubelet_version(machine.spec.version.as_deref(), &mut ignored);
 
+    let mut stacked_etcd = None;
     let kubeadm_config = if control_plane {
         let cluster_id = format!("{namespace}/{cluster_name}");
         let cluster =
@@ -230,6 +235,7 @@ pub fn plan(
             cluster: cluster_id,
             problem: problem.clone(),
         })?;
+        stacked_etcd = stacked(lookup, &namespace, cluster, &mut ignored);
         Some(kubeadm_config::kubeadm_config(&cluster_facts(
             cluster, version,
         )))
@@ -259,10 +265,36 @@ pub fn plan(
         kubeconfig,
         node,
         kubeadm_config,
+        stacked_etcd,
         host: host_id,
         provisioned_at: status.operation_history.provision.end,
         ignored,
     })))
+}
+
+/// Whether the cluster's KubeadmControlPlane stacks etcd; an unreadable one is said and
+/// left to `--stacked-etcd-pods`.
+fn stacked(
+    lookup: &impl Lookup,
+    namespace: &str,
+    cluster: &Cluster,
+    ignored: &mut Vec<String>,
+) -> Option<bool> {
+    let reference = cluster
+        .spec
+        .control_plane_ref
+        .as_ref()
+        .filter(|r| r.kind == KUBEADM_CONTROL_PLANE_KIND)?;
+    match lookup.control_plane(namespace, &reference.name)?.read() {
+        Ok(kcp) => Some(kcp.stacked_etcd()),
+        Err(problem) => {
+            ignored.push(format!(
+                "KubeadmControlPlane {namespace}/{} ({}: {})",
+                reference.name, problem.path, problem.message
+            ));
+            None
+        }
+    }
 }
 
 /// The Machine's version as a kubelet would report it; one no kubelet could report (no
@@ -379,10 +411,11 @@ pub fn steps(
         .static_pods
         .then(|| StaticPodFacts::of_node(&desired.node))
         .flatten();
+    let stacked_etcd = fidelity.stacked_etcd_pods || desired.stacked_etcd == Some(true);
     let (static_pods, unpostable) = match &facts {
         Some(f) => (
-            static_pods::static_pods(f, fidelity.stacked_etcd_pods, &Time(now)),
-            static_pods::unpostable(f, fidelity.stacked_etcd_pods),
+            static_pods::static_pods(f, stacked_etcd, &Time(now)),
+            static_pods::unpostable(f, stacked_etcd),
         ),
         None => (Vec::new(), Vec::new()),
     };
@@ -616,14 +649,14 @@ mod tests {
     }
 
     fn ensure(w: &World, m3m: &Metal3Machine) -> Desired {
-        match plan(m3m, w, &now()).unwrap() {
+        match plan(m3m, w, None, &now()).unwrap() {
             Plan::Ensure(d) => *d,
             other => panic!("expected Ensure, got {other:?}"),
         }
     }
 
     fn error(w: &World, m3m: &Metal3Machine) -> Error {
-        plan(m3m, w, &now()).expect_err("expected an error")
+        plan(m3m, w, None, &now()).expect_err("expected an error")
     }
 
     #[test]
@@ -843,7 +876,7 @@ mod tests {
         assert_eq!(error(&w, &m3m).reason(), "kubeconfig_secret_unreadable");
         // Every one of them waits for the object to change, not for a timer.
         assert!(error(&w, &m3m).is_permanent());
-        assert!(matches!(plan(&m3m, &w0, &now()), Ok(Plan::Ensure(_))));
+        assert!(matches!(plan(&m3m, &w0, None, &now()), Ok(Plan::Ensure(_))));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::metrics::WATCHED_RESOURCES;
 use crate::plan::{self, Found, Inventory, Lookup};
-use crate::resources::{BareMetalHost, Cluster, Machine, Metal3Machine, PROVISIONED};
+use crate::resources::{
+    BareMetalHost, Cluster, KubeadmControlPlane, Machine, Metal3Machine, PROVISIONED,
+};
 use crate::tolerant::{Tolerant, View};
 
 /// The reflector stores of one watch scope.
@@ -20,6 +22,7 @@ pub struct Stores {
     pub hosts: Store<Tolerant<BareMetalHost>>,
     pub machines: Store<Tolerant<Machine>>,
     pub clusters: Store<Tolerant<Cluster>>,
+    pub control_planes: Store<Tolerant<KubeadmControlPlane>>,
     pub secrets: Store<Tolerant<Secret>>,
     /// The watched namespace; `None`: all.
     pub(crate) namespace: Option<String>,
@@ -71,7 +74,7 @@ impl Stores {
     }
 
     /// Objects kept as unreadable, by resource, for the metric.
-    pub(crate) fn unreadable(&self) -> [(&'static str, usize); 5] {
+    pub(crate) fn unreadable(&self) -> [(&'static str, usize); 6] {
         fn count<V: View + Clone>(store: &Store<Tolerant<V>>) -> (&'static str, usize) {
             let n = store.state().iter().filter(|o| o.read().is_err()).count();
             (resource_label::<V>(), n)
@@ -81,6 +84,7 @@ impl Stores {
             count(&self.hosts),
             count(&self.machines),
             count(&self.clusters),
+            count(&self.control_planes),
             count(&self.secrets),
         ]
     }
@@ -117,6 +121,9 @@ impl Lookup for Stores {
     fn secret(&self, namespace: &str, name: &str) -> Found<Secret> {
         get(&self.secrets, namespace, name)
     }
+    fn control_plane(&self, namespace: &str, name: &str) -> Found<KubeadmControlPlane> {
+        get(&self.control_planes, namespace, name)
+    }
 }
 
 impl Inventory for Stores {
@@ -136,6 +143,7 @@ mod tests {
             resource_label::<BareMetalHost>(),
             resource_label::<Machine>(),
             resource_label::<Cluster>(),
+            resource_label::<KubeadmControlPlane>(),
             resource_label::<Secret>(),
         ];
         let mut sorted = labels.to_vec();

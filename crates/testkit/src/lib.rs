@@ -6,9 +6,12 @@
 //! - [`simulate`]: the management cluster as CAPI, CAPM3 and the baremetal-operator leave
 //!   it, and a stand-in for the part of CAPM3 that closes the loop.
 //! - [`probe`] and [`exposition`]: plain HTTP probes and Prometheus text parsing.
+//! - [`kubelet_probe`]: runs `hack/kubelet-probe`, which drives a fake kubelet endpoint
+//!   (port-forward, etcd, TLS) with the real clients of Cluster API's KCP.
 
 pub mod envtest;
 pub mod exposition;
+pub mod kubelet_probe;
 pub mod probe;
 pub mod simulate;
 

@@ -660,6 +660,7 @@ async fn ceiling(
                 },
                 node: node::node(&facts, now),
                 kubeadm_config: None,
+                stacked_etcd: None,
                 host: m.spec.host(),
                 provisioned_at: None,
                 ignored: Vec::new(),

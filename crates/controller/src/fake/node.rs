@@ -125,7 +125,11 @@ pub fn addresses_and_port(facts: &NodeFacts) -> (Vec<NodeAddress>, u16) {
 /// [`addresses_and_port`] decides, if they differ from `node`'s: Nodes made before the
 /// kubelet endpoint existed (or by a replica at another address) get it. A JSON merge
 /// patch replaces the list whole; a strategic one would merge InternalIPs by type.
-pub fn endpoint_patch(node: &Node, facts_addresses: &[NodeAddress], port: u16) -> Option<serde_json::Value> {
+pub fn endpoint_patch(
+    node: &Node,
+    facts_addresses: &[NodeAddress],
+    port: u16,
+) -> Option<serde_json::Value> {
     let status = node.status.as_ref();
     let current = status.and_then(|s| s.addresses.as_deref()).unwrap_or(&[]);
     let current_port = status

@@ -99,8 +99,8 @@ impl ClusterCa {
             roots
                 .add(cert.clone())
                 .map_err(|e| CaError::Unusable(e.to_string()))?;
-            let (_, parsed) = X509Certificate::from_der(cert)
-                .map_err(|e| CaError::Unusable(e.to_string()))?;
+            let (_, parsed) =
+                X509Certificate::from_der(cert).map_err(|e| CaError::Unusable(e.to_string()))?;
             subjects.push(parsed.subject().as_raw().to_vec());
             for ext in parsed.extensions() {
                 if let ParsedExtension::SubjectKeyIdentifier(id) = ext.parsed_extension() {
@@ -143,14 +143,16 @@ impl ClusterCa {
         let Ok((_, parsed)) = X509Certificate::from_der(cert) else {
             return false;
         };
-        let authority_key = parsed.extensions().iter().find_map(|ext| {
-            match ext.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
-                }
-                _ => None,
-            }
-        });
+        let authority_key =
+            parsed
+                .extensions()
+                .iter()
+                .find_map(|ext| match ext.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                        aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => None,
+                });
         match authority_key {
             Some(id) if !self.key_ids.is_empty() => self.key_ids.contains(&id),
             _ => self
@@ -192,7 +194,8 @@ impl CaIndex {
                 continue;
             };
             let name = secret.name_any();
-            let (Some(namespace), Some(cluster)) = (secret.namespace(), name.strip_suffix("-kubeconfig"))
+            let (Some(namespace), Some(cluster)) =
+                (secret.namespace(), name.strip_suffix("-kubeconfig"))
             else {
                 continue;
             };
@@ -200,7 +203,13 @@ impl CaIndex {
                 namespace: namespace.clone(),
                 name: cluster.to_string(),
             };
-            seen.insert(key, (secret.resource_version().unwrap_or_default(), secret.clone()));
+            seen.insert(
+                key,
+                (
+                    secret.resource_version().unwrap_or_default(),
+                    secret.clone(),
+                ),
+            );
         }
         let mut entries = crate::lock(&self.entries);
         entries.retain(|key, _| seen.contains_key(key));

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use fake_etcd::{Backend, Candidate, Change, LocalView, View};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::ResourceExt;
 use serde_json::json;
 
 use super::{KubeletApi, Resolved};
@@ -40,8 +40,8 @@ pub fn candidates(nodes: &[Node], pods: &[Pod]) -> Vec<Candidate> {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
         };
-        let is_etcd = pod.labels().get("component").map(String::as_str)
-            == Some(Component::Etcd.name());
+        let is_etcd =
+            pod.labels().get("component").map(String::as_str) == Some(Component::Etcd.name());
         if !is_etcd
             || !is_ours(&pod.metadata)
             || !control_plane.contains(&node)
@@ -60,7 +60,9 @@ pub fn candidates(nodes: &[Node], pods: &[Pod]) -> Vec<Candidate> {
             Candidate {
                 node,
                 address,
-                removed: annotations.get(REMOVED_ANNOTATION).is_some_and(|v| v == "true"),
+                removed: annotations
+                    .get(REMOVED_ANNOTATION)
+                    .is_some_and(|v| v == "true"),
                 leader_since: annotations
                     .get(LEADER_SINCE_ANNOTATION)
                     .and_then(|v| v.parse().ok()),
@@ -120,14 +122,24 @@ impl Members {
             "{CLUSTER_NAMESPACE_LABEL}={},{CLUSTER_NAME_LABEL}={},{CONTROL_PLANE_ROLE}",
             cluster.namespace, cluster.name
         );
-        let listed = request(workload, &self.api.metrics, "list", nodes.list(&ListParams::default().labels(&selector)));
+        let params = ListParams::default().labels(&selector);
+        let listed = request(workload, &self.api.metrics, "list", nodes.list(&params));
         let nodes = listed.await.map_err(|e| unavailable("Nodes", e))?;
         let pods: Api<Pod> = Api::namespaced(workload.client.clone(), NAMESPACE);
-        let selector = format!("component={},{}", Component::Etcd.name(), managed_by_selector());
-        let listed = request(workload, &self.api.metrics, "list", pods.list(&ListParams::default().labels(&selector)));
+        let selector = format!(
+            "component={},{}",
+            Component::Etcd.name(),
+            managed_by_selector()
+        );
+        let params = ListParams::default().labels(&selector);
+        let listed = request(workload, &self.api.metrics, "list", pods.list(&params));
         let pods = listed.await.map_err(|e| unavailable("etcd Pods", e))?;
-        let view = View::derive(&self.cluster_key(cluster), &candidates(&nodes.items, &pods.items));
-        crate::lock(&self.api.fakes.etcd_views).insert(cluster.clone(), (Instant::now(), view.clone()));
+        let view = View::derive(
+            &self.cluster_key(cluster),
+            &candidates(&nodes.items, &pods.items),
+        );
+        crate::lock(&self.api.fakes.etcd_views)
+            .insert(cluster.clone(), (Instant::now(), view.clone()));
         Ok(view)
     }
 
@@ -162,7 +174,8 @@ impl Backend for Members {
         let (pod, patch) = change_patch(&change);
         let workload = &target.resolved.workload;
         let pods: Api<Pod> = Api::namespaced(workload.client.clone(), NAMESPACE);
-        let patched = pods.patch(&pod, &PatchParams::default(), &Patch::Merge(&patch));
+        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let patched = pods.patch(&pod, &params, &patch);
         let result = request(workload, &self.api.metrics, "patch", patched).await;
         crate::lock(&self.api.fakes.etcd_views).remove(&target.resolved.cluster);
         result.map(|_| ()).map_err(|e| {

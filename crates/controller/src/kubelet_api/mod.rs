@@ -219,12 +219,12 @@ impl KubeletApi {
             let Some(found_pod) = got.await.map_err(refused)? else {
                 continue;
             };
-            let Some(node_name) = found_pod.spec.as_ref().and_then(|s| s.node_name.clone())
-            else {
+            let Some(node_name) = found_pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                 continue;
             };
             let nodes: Api<Node> = Api::all(workload.client.clone());
-            let got = crate::apply::request(&workload, &self.metrics, "get", nodes.get_opt(&node_name));
+            let got =
+                crate::apply::request(&workload, &self.metrics, "get", nodes.get_opt(&node_name));
             let Some(node) = got.await.map_err(refused)? else {
                 continue;
             };
@@ -286,10 +286,11 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(api.limits.connections));
     tokio::pin!(stop);
     loop {
-        let Ok(permit) = tokio::select! {
+        let permit = tokio::select! {
             () = &mut stop => return,
             permit = slots.clone().acquire_owned() => permit,
-        } else {
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let accepted = tokio::select! {
@@ -325,12 +326,18 @@ async fn connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "kubelet API: TLS handshake failed");
-            api.metrics.port_forward_sessions.with_label_values(&["tls_failed"]).inc();
+            api.metrics
+                .port_forward_sessions
+                .with_label_values(&["tls_failed"])
+                .inc();
             return;
         }
         Err(_) => {
             debug!(%peer, "kubelet API: TLS handshake timed out");
-            api.metrics.port_forward_sessions.with_label_values(&["tls_failed"]).inc();
+            api.metrics
+                .port_forward_sessions
+                .with_label_values(&["tls_failed"])
+                .inc();
             return;
         }
     };
@@ -345,6 +352,7 @@ async fn connection(
         async move { Ok::<_, std::convert::Infallible>(route(api, chain, request).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
@@ -375,7 +383,12 @@ async fn route(
             match port_forward(&api, chain.as_deref(), request, &namespace, &pod).await {
                 Ok(response) => response,
                 Err(refused) => {
-                    info!(namespace, pod, reason = refused.reason(), "kubelet API: port-forward refused: {refused}");
+                    info!(
+                        namespace,
+                        pod,
+                        reason = refused.reason(),
+                        "kubelet API: port-forward refused: {refused}"
+                    );
                     api.metrics
                         .port_forward_sessions
                         .with_label_values(&[refused.reason()])
@@ -384,7 +397,10 @@ async fn route(
                 }
             }
         }
-        _ => text(StatusCode::NOT_FOUND, format!("the fake kubelet serves no {path}")),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("the fake kubelet serves no {path}"),
+        ),
     }
 }
 
@@ -396,7 +412,7 @@ async fn port_forward(
     namespace: &str,
     pod: &str,
 ) -> Result<Response<Body>, Refused> {
-    let accepted = spdy::upgrade::negotiate(request.headers(), &[portforward::PROTOCOL])
+    let accepted = spdy::negotiate(request.headers(), &[portforward::PROTOCOL])
         .map_err(|e| Refused::NotAnUpgrade(e.to_string()))?;
     let resolved = api.resolve(chain, namespace, pod).await?;
     let upgrade = hyper::upgrade::on(&mut request);
@@ -407,5 +423,5 @@ async fn port_forward(
             Err(e) => debug!(error = %e, "kubelet API: the upgrade did not complete"),
         }
     });
-    Ok(accepted.map(|()| Full::new(Bytes::new())))
+    Ok(accepted.response().map(|()| Full::new(Bytes::new())))
 }

@@ -187,8 +187,8 @@ where
     api.metrics.port_forward_open.inc();
     let _open = scopeguard(api.metrics.port_forward_open.clone());
     let limits = spdy::Limits {
-        idle_timeout: api.limits.idle_timeout,
-        max_streams: api.limits.streams_per_session * 2,
+        idle_timeout: Some(api.limits.idle_timeout),
+        max_concurrent_streams: api.limits.streams_per_session * 2,
         ..spdy::Limits::default()
     };
     let mut session = spdy::Session::new(io, limits);
@@ -221,7 +221,12 @@ where
                 continue;
             }
         };
-        match pairs.add(headers.request_id.clone(), headers.role, stream, Instant::now()) {
+        match pairs.add(
+            headers.request_id.clone(),
+            headers.role,
+            stream,
+            Instant::now(),
+        ) {
             Added::Pending => {}
             Added::Refused(stream, why) => {
                 debug!(why, "kubelet API: refusing a stream");
@@ -321,8 +326,9 @@ fn etcd_tls(api: &KubeletApi, cluster: &ClusterKey) -> Result<Arc<rustls::Server
         .iter()
         .find(|s| s.covers(&cluster.namespace))
         .and_then(|s| {
-            s.secrets
-                .get(&kube::runtime::reflector::ObjectRef::new(&secret_name).within(&cluster.namespace))
+            s.secrets.get(
+                &kube::runtime::reflector::ObjectRef::new(&secret_name).within(&cluster.namespace),
+            )
         });
     let Some(crate::tolerant::Tolerant::Read(secret)) = secret.as_deref() else {
         return Err(format!(
@@ -341,7 +347,12 @@ fn etcd_tls(api: &KubeletApi, cluster: &ClusterKey) -> Result<Arc<rustls::Server
         .data
         .as_ref()
         .and_then(|d| d.get(crate::controller::CA_CERTIFICATE_KEY))
-        .ok_or_else(|| format!("the etcd CA Secret {}/{secret_name} has no tls.crt", cluster.namespace))?;
+        .ok_or_else(|| {
+            format!(
+                "the etcd CA Secret {}/{secret_name} has no tls.crt",
+                cluster.namespace
+            )
+        })?;
     let serving = &api.fakes.etcd_serving;
     let config = fake_etcd::server_tls(&pem.0, (serving.chain.clone(), serving.key.clone_key()))
         .map_err(|e| format!("the etcd CA of {cluster}: {e}"))?;
@@ -366,7 +377,11 @@ async fn api_server(
             let issued = issued.unwrap_or_else(jiff::Timestamp::now);
             let identity = tls::self_signed(
                 "kube-apiserver",
-                &[node.clone(), "kubernetes".to_string(), "kubernetes.default".to_string()],
+                &[
+                    node.clone(),
+                    "kubernetes".to_string(),
+                    "kubernetes.default".to_string(),
+                ],
                 issued,
                 issued + CERTIFICATE_VALIDITY,
             )
@@ -413,11 +428,18 @@ mod tests {
     #[test]
     fn stream_headers_are_read_as_the_kubelet_protocol_has_them() {
         let h = headers(&[("streamtype", "data"), ("port", "2379"), ("requestid", "0")]).unwrap();
-        assert_eq!((h.role, h.port, h.request_id.as_str()), (Role::Data, Ok(2379), "0"));
+        assert_eq!(
+            (h.role, h.port, h.request_id.as_str()),
+            (Role::Data, Ok(2379), "0")
+        );
         assert!(headers(&[("port", "2379"), ("requestid", "0")]).is_err());
         assert!(headers(&[("streamtype", "x"), ("requestid", "0")]).is_err());
         assert!(headers(&[("streamtype", "error"), ("port", "1")]).is_err());
-        let bad = headers(&[("streamtype", "data"), ("port", "99999"), ("requestid", "1")]);
+        let bad = headers(&[
+            ("streamtype", "data"),
+            ("port", "99999"),
+            ("requestid", "1"),
+        ]);
         assert!(bad.unwrap().port.is_err());
         let zero = headers(&[("streamtype", "data"), ("port", "0"), ("requestid", "1")]);
         assert!(zero.unwrap().port.is_err());
@@ -427,8 +449,14 @@ mod tests {
     fn streams_pair_by_request_id_whatever_their_order() {
         let now = Instant::now();
         let mut pairs = Pairs::new(4);
-        assert!(matches!(pairs.add("1".into(), Role::Data, "d1", now), Added::Pending));
-        assert!(matches!(pairs.add("2".into(), Role::Error, "e2", now), Added::Pending));
+        assert!(matches!(
+            pairs.add("1".into(), Role::Data, "d1", now),
+            Added::Pending
+        ));
+        assert!(matches!(
+            pairs.add("2".into(), Role::Error, "e2", now),
+            Added::Pending
+        ));
         assert!(matches!(
             pairs.add("1".into(), Role::Data, "d1'", now),
             Added::Refused("d1'", _)
@@ -448,9 +476,18 @@ mod tests {
     fn incomplete_pairs_expire_and_are_bounded() {
         let now = Instant::now();
         let mut pairs = Pairs::new(2);
-        assert!(matches!(pairs.add("1".into(), Role::Data, 1, now), Added::Pending));
-        assert!(matches!(pairs.add("2".into(), Role::Data, 2, now), Added::Pending));
-        assert!(matches!(pairs.add("3".into(), Role::Data, 3, now), Added::Refused(3, _)));
+        assert!(matches!(
+            pairs.add("1".into(), Role::Data, 1, now),
+            Added::Pending
+        ));
+        assert!(matches!(
+            pairs.add("2".into(), Role::Data, 2, now),
+            Added::Pending
+        ));
+        assert!(matches!(
+            pairs.add("3".into(), Role::Data, 3, now),
+            Added::Refused(3, _)
+        ));
         assert!(pairs.expire(now, PAIR_TIMEOUT).is_empty());
         let mut expired = pairs.expire(now + PAIR_TIMEOUT, PAIR_TIMEOUT);
         expired.sort();

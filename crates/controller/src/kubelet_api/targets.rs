@@ -58,12 +58,7 @@ pub fn cluster_of(node: &Node) -> Option<ClusterKey> {
 }
 
 /// What serves `port` of `pod`, a mirror Pod of ours on `node` of `cluster`.
-pub fn target(
-    cluster: &ClusterKey,
-    pod: &Pod,
-    node: &Node,
-    port: u16,
-) -> Result<Target, NoTarget> {
+pub fn target(cluster: &ClusterKey, pod: &Pod, node: &Node, port: u16) -> Result<Target, NoTarget> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     if !is_ours(&pod.metadata) || namespace != NAMESPACE {
@@ -88,11 +83,7 @@ pub fn target(
         (Some(c), API_SERVER_PORT) if c == Component::ApiServer.name() => {
             Ok(Target::ApiServerCertificate {
                 node: node_name,
-                issued: node
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0),
+                issued: node.metadata.creation_timestamp.as_ref().map(|t| t.0),
             })
         }
         (c, _) => Err(NoTarget::Port {
@@ -123,14 +114,7 @@ mod tests {
     }
 
     fn fixtures() -> (Node, StaticPodFacts) {
-        let facts = NodeFacts::new(
-            "cp-0",
-            "uid",
-            true,
-            "v1.35.0",
-            None,
-            &Default::default(),
-        );
+        let facts = NodeFacts::new("cp-0", "uid", true, "v1.35.0", None, &Default::default());
         let now = Time(jiff::Timestamp::UNIX_EPOCH);
         let mut n = node(&facts, &now);
         label_cluster(&mut n, "ns", "a");
@@ -157,7 +141,10 @@ mod tests {
         let api = static_pod(Component::ApiServer, &f, &now);
         assert!(matches!(
             target(&key("a"), &api, &n, 6443),
-            Ok(Target::ApiServerCertificate { issued: Some(_), .. })
+            Ok(Target::ApiServerCertificate {
+                issued: Some(_),
+                ..
+            })
         ));
     }
 

@@ -51,7 +51,8 @@ pub fn self_signed(
 
 fn to_offset(t: jiff::Timestamp) -> time::OffsetDateTime {
     // rcgen takes `time`'s type; seconds since the epoch carry over exactly.
-    time::OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    time::OffsetDateTime::from_unix_timestamp(t.as_second())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -265,8 +265,10 @@ impl ApiServer {
         // As kubeadm configures it: the API server's client certificate towards kubelets,
         // signed by the cluster's CA (which tells metal3-fakenode's kubelet API the
         // cluster), and the kubelet address types it prefers.
-        let kubelet_client =
-            ca.client_cert("kube-apiserver-kubelet-client", Some("kubeadm:cluster-admins"))?;
+        let kubelet_client = ca.client_cert(
+            "kube-apiserver-kubelet-client",
+            Some("kubeadm:cluster-admins"),
+        )?;
         write_file(&d.join("kubelet-client.crt"), &kubelet_client.cert_pem)?;
         write_file(&d.join("kubelet-client.key"), &kubelet_client.key_pem)?;
         write_file(&d.join("ca.crt"), &ca.cert_pem())?;

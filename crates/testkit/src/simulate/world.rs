@@ -150,13 +150,23 @@ pub async fn ca_secret(
         },
         type_: Some("cluster.x-k8s.io/secret".to_string()),
         data: Some(BTreeMap::from([
-            ("tls.crt".to_string(), ByteString(cert_pem.as_bytes().to_vec())),
-            ("tls.key".to_string(), ByteString(key_pem.as_bytes().to_vec())),
+            (
+                "tls.crt".to_string(),
+                ByteString(cert_pem.as_bytes().to_vec()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(key_pem.as_bytes().to_vec()),
+            ),
         ])),
         ..Default::default()
     };
     Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&secret))
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
         .await
         .map(|_| ())
 }
