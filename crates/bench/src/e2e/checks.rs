@@ -209,6 +209,23 @@ pub fn upgrade_done(
     Ok(())
 }
 
+/// The etcd members (as clientv3 lists them) are exactly the control-plane Nodes: kubeadm
+/// names each member after its Node, and KCP removes a member before its Machine goes.
+pub fn etcd_members_match(members: &[String], machines: &[Value]) -> Result<(), String> {
+    let want: BTreeSet<&str> = machines
+        .iter()
+        .filter(|m| is_control_plane(m))
+        .filter_map(node_ref)
+        .collect();
+    let have: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+    if want != have || have.len() != members.len() {
+        return Err(format!(
+            "etcd members {members:?}, control-plane Nodes {want:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// `vMAJOR.MINOR.PATCH` as numbers (no pre-release: the harness only names releases).
 pub fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
     let mut parts = version.strip_prefix('v')?.split('.');
@@ -419,6 +436,25 @@ mod tests {
         assert_eq!(summary[1].status, "True");
         assert_eq!(summary[1].reason, "EtcdClusterHealthyTrue");
         assert!(conditions(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn etcd_members_are_the_control_plane_nodes() {
+        let machines = three_healthy();
+        let members =
+            |names: &[&str]| -> Vec<String> { names.iter().map(|n| format!("node-{n}")).collect() };
+        assert_eq!(
+            etcd_members_match(&members(&["cp-c", "cp-a", "cp-b"]), &machines),
+            Ok(())
+        );
+        // A member left behind by a deleted Machine, one missing, one twice.
+        for wrong in [
+            members(&["cp-a", "cp-b", "cp-c", "gone"]),
+            members(&["cp-a", "cp-b"]),
+            members(&["cp-a", "cp-b", "cp-c", "cp-c"]),
+        ] {
+            assert!(etcd_members_match(&wrong, &machines).is_err(), "{wrong:?}");
+        }
     }
 
     #[test]

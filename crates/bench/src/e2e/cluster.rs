@@ -29,29 +29,31 @@ pub struct ClusterSpec {
 /// Where the control plane's etcd runs.
 #[derive(Clone, Debug)]
 pub enum Etcd {
-    /// A member on every control-plane Machine (kubeadm's default): KCP generates the etcd
-    /// CA itself and talks to the members through the kubelets' port-forward.
+    /// A member on every control-plane Machine (kubeadm's default): KCP talks to the
+    /// members through the kubelets' port-forward.
     Stacked,
-    /// Elsewhere, never dialled: its CA and the API server's client certificate are
-    /// pre-generated, since Cluster API cannot create them.
-    External(ExternalEtcdPki),
+    /// Elsewhere, never dialled: the API server's client certificate is pre-generated,
+    /// since Cluster API cannot create it.
+    External(ExternalEtcdClient),
 }
 
 /// The pre-generated PKI of a cluster, as PEM: its CA, which the workload API server
-/// trusts and Cluster API signs the kubeconfig with.
+/// trusts and Cluster API signs the kubeconfig with, and the etcd CA. With stacked etcd
+/// KCP would generate the etcd CA if it were missing; the harness makes it so that it
+/// can read the members itself with a client certificate from it, as KCP does.
 #[derive(Clone, Debug)]
 pub struct ClusterPki {
     pub ca_cert: String,
     pub ca_key: String,
+    pub etcd_ca_cert: String,
+    pub etcd_ca_key: String,
 }
 
-/// An external etcd's CA and the API server's etcd client certificate, as PEM.
+/// The API server's client certificate for an external etcd, as PEM.
 #[derive(Clone, Debug)]
-pub struct ExternalEtcdPki {
-    pub ca_cert: String,
-    pub ca_key: String,
-    pub client_cert: String,
-    pub client_key: String,
+pub struct ExternalEtcdClient {
+    pub cert: String,
+    pub key: String,
 }
 
 /// BareMetalHosts a cluster needs: every Machine that may exist at once, that is each
@@ -99,9 +101,9 @@ impl ClusterSpec {
     pub fn harness_secrets(&self) -> Vec<String> {
         let external: &[&str] = match self.etcd {
             Etcd::Stacked => &[],
-            Etcd::External(_) => &["etcd", "apiserver-etcd-client"],
+            Etcd::External(_) => &["apiserver-etcd-client"],
         };
-        ["bmc", "ca"]
+        ["bmc", "ca", "etcd"]
             .iter()
             .chain(external)
             .map(|suffix| format!("{}-{suffix}", self.name))
@@ -137,17 +139,17 @@ impl ClusterSpec {
         objects.push(
             self.cluster_secret("ca", &[("tls.crt", &pki.ca_cert), ("tls.key", &pki.ca_key)]),
         );
-        if let Etcd::External(etcd) = &self.etcd {
-            objects.push(self.cluster_secret(
-                "etcd",
-                &[("tls.crt", &etcd.ca_cert), ("tls.key", &etcd.ca_key)],
-            ));
+        objects.push(self.cluster_secret(
+            "etcd",
+            &[
+                ("tls.crt", &pki.etcd_ca_cert),
+                ("tls.key", &pki.etcd_ca_key),
+            ],
+        ));
+        if let Etcd::External(client) = &self.etcd {
             objects.push(self.cluster_secret(
                 "apiserver-etcd-client",
-                &[
-                    ("tls.crt", &etcd.client_cert),
-                    ("tls.key", &etcd.client_key),
-                ],
+                &[("tls.crt", &client.cert), ("tls.key", &client.key)],
             ));
         }
         objects.push(self.metal3_cluster());
@@ -356,11 +358,9 @@ mod tests {
 
     fn external() -> ClusterSpec {
         ClusterSpec {
-            etcd: Etcd::External(ExternalEtcdPki {
-                ca_cert: "ETCDCA".into(),
-                ca_key: "ETCDCAKEY".into(),
-                client_cert: "CLIENT".into(),
-                client_key: "CLIENTKEY".into(),
+            etcd: Etcd::External(ExternalEtcdClient {
+                cert: "CLIENT".into(),
+                key: "CLIENTKEY".into(),
             }),
             ..spec()
         }
@@ -370,6 +370,8 @@ mod tests {
         ClusterPki {
             ca_cert: "CA".into(),
             ca_key: "CAKEY".into(),
+            etcd_ca_cert: "ETCDCA".into(),
+            etcd_ca_key: "ETCDCAKEY".into(),
         }
     }
 
@@ -424,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn stacked_etcd_is_kubeadms_default_and_kcp_generates_its_ca() {
+    fn stacked_etcd_is_kubeadms_default_with_the_harness_etcd_ca() {
         let objects = spec().objects(&pki());
         let kcp = find(&objects, "KubeadmControlPlane", "cluster-1");
         let config = &kcp["spec"]["kubeadmConfigSpec"];
@@ -432,11 +434,16 @@ mod tests {
         assert!(config.get("clusterConfiguration").is_none(), "{config}");
         assert!(config["initConfiguration"].is_object());
         assert!(config["joinConfiguration"].is_object());
-        assert_eq!(secret_names(&objects), ["cluster-1-bmc", "cluster-1-ca"]);
+        assert_eq!(
+            secret_names(&objects),
+            ["cluster-1-bmc", "cluster-1-ca", "cluster-1-etcd"]
+        );
         assert_eq!(secret_names(&objects), spec().harness_secrets());
         assert!(spec().stacked_etcd());
         let ca = find(&objects, "Secret", "cluster-1-ca");
         assert_eq!(ca["data"]["tls.key"], BASE64.encode("CAKEY"));
+        let etcd = find(&objects, "Secret", "cluster-1-etcd");
+        assert_eq!(etcd["data"]["tls.key"], BASE64.encode("ETCDCAKEY"));
     }
 
     #[test]

@@ -37,10 +37,11 @@ use serde_json::{Value, json};
 
 use crate::cli::EtcdMode;
 use crate::demo::process_stats;
-use cluster::{ClusterPki, ClusterSpec, ExternalEtcdPki};
-use metal3_fakenode_testkit::envtest::certs::ClusterCa;
+use cluster::{ClusterPki, ClusterSpec, ExternalEtcdClient};
+use metal3_fakenode_testkit::envtest::certs::{CertAndKey, ClusterCa};
 use metal3_fakenode_testkit::envtest::process::Supervised;
 use metal3_fakenode_testkit::envtest::{self, ApiServer, Assets, Etcd};
+use metal3_fakenode_testkit::kubelet_probe::{EtcdOp, EtcdTls, KubeletProbe, Target};
 use metal3_fakenode_testkit::probe;
 use metal3_fakenode_testkit::simulate::world::dynamic;
 use providers::{PROVIDERS, Running};
@@ -194,7 +195,7 @@ async fn scenario(
     let mut controller = start_fakenode(&management, mgmt, dir, stacked).await?;
 
     // A few API servers start at once: each takes seconds of CPU to come up.
-    let started: Vec<(ClusterSpec, ClusterPki, ApiServer)> = futures::stream::iter(
+    let started: Vec<(ClusterSpec, ClusterPki, ApiServer, CertAndKey)> = futures::stream::iter(
         (0..options.clusters)
             .map(|i| workload_cluster(assets, &etcd, format!("e2e-{i:03}"), options)),
     )
@@ -203,9 +204,11 @@ async fn scenario(
     .await?;
     let mut specs = Vec::new();
     let mut workloads = Vec::new();
-    for (spec, pki, server) in started {
+    let mut etcd_clients = Vec::new();
+    for (spec, pki, server, etcd_client) in started {
         specs.push((spec, pki));
         workloads.push(server);
+        etcd_clients.push(etcd_client);
     }
     say(format!(
         "{} workload API server(s) up; creating the clusters",
@@ -265,10 +268,22 @@ async fn scenario(
         clusters.settle(replicas, 1, Some(version)).await?;
         steps.push(step(&format!("upgraded_to_{version}"), begun_step));
     }
-    for ((report, server), (spec, _)) in reports.iter_mut().zip(&workloads).zip(&specs) {
+    for (((report, server), (spec, pki)), etcd_client) in reports
+        .iter_mut()
+        .zip(&workloads)
+        .zip(&specs)
+        .zip(&etcd_clients)
+    {
         report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
         report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
         report.final_kcp_conditions = checks::conditions(&kubeadm_control_plane(mgmt, spec).await?);
+        if stacked {
+            let tls = EtcdClientFiles {
+                ca_pem: &pki.etcd_ca_cert,
+                client: etcd_client,
+            };
+            report.etcd_members = Some(etcd_members(mgmt, spec, server, &tls, dir).await?);
+        }
     }
     let clients_before = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
     let kubelets_before = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
@@ -581,11 +596,14 @@ async fn workload_cluster(
     etcd: &Etcd,
     name: String,
     options: &Options,
-) -> anyhow::Result<(ClusterSpec, ClusterPki, ApiServer)> {
+) -> anyhow::Result<(ClusterSpec, ClusterPki, ApiServer, CertAndKey)> {
     let ca = ClusterCa::new(&format!("{name}-ca"))?;
+    let etcd_ca = ClusterCa::new("etcd-ca")?;
     let pki = ClusterPki {
         ca_cert: ca.cert_pem(),
         ca_key: ca.key_pem().to_string(),
+        etcd_ca_cert: etcd_ca.cert_pem(),
+        etcd_ca_key: etcd_ca.key_pem().to_string(),
     };
     let server = ApiServer::start_with_ca(assets, etcd, &name, ca).await?;
     let api_port = server
@@ -604,22 +622,73 @@ async fn workload_cluster(
         hosts: cluster::hosts(options.control_plane_replicas, options.scale_up_to),
         etcd: match options.etcd {
             EtcdMode::Stacked => cluster::Etcd::Stacked,
-            EtcdMode::External => cluster::Etcd::External(external_etcd_pki()?),
+            EtcdMode::External => {
+                let client = etcd_ca.client_cert("kube-apiserver-etcd-client", None)?;
+                cluster::Etcd::External(ExternalEtcdClient {
+                    cert: client.cert_pem,
+                    key: client.key_pem,
+                })
+            }
         },
     };
-    Ok((spec, pki, server))
+    // The harness's own etcd client certificate, as KCP makes its own from the etcd CA.
+    let etcd_client = etcd_ca.client_cert("metal3-fakenode-e2e", None)?;
+    Ok((spec, pki, server, etcd_client))
 }
 
-/// An external etcd's Secrets as the original experiments pre-generated them.
-fn external_etcd_pki() -> anyhow::Result<ExternalEtcdPki> {
-    let etcd_ca = ClusterCa::new("etcd-ca")?;
-    let client = etcd_ca.client_cert("kube-apiserver-etcd-client", None)?;
-    Ok(ExternalEtcdPki {
-        ca_cert: etcd_ca.cert_pem(),
-        ca_key: etcd_ca.key_pem().to_string(),
-        client_cert: client.cert_pem,
-        client_key: client.key_pem,
-    })
+/// What the harness dials etcd members with.
+struct EtcdClientFiles<'a> {
+    ca_pem: &'a str,
+    client: &'a CertAndKey,
+}
+
+/// The etcd members of a stacked cluster as the real clientv3 lists them (through the
+/// kubelet probe), dialled as KCP dials them: a port-forward through the workload API
+/// server to the etcd Pod of a control-plane Node. They must be exactly the
+/// control-plane Nodes.
+async fn etcd_members(
+    mgmt: &Client,
+    spec: &ClusterSpec,
+    server: &ApiServer,
+    tls: &EtcdClientFiles<'_>,
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let files = dir.join(format!("{}-etcd-client", spec.name));
+    std::fs::create_dir_all(&files)?;
+    let kubeconfig = files.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
+    )?;
+    let paths = EtcdTls {
+        ca: files.join("ca.crt"),
+        cert: files.join("client.crt"),
+        key: files.join("client.key"),
+    };
+    std::fs::write(&paths.ca, tls.ca_pem)?;
+    std::fs::write(&paths.cert, &tls.client.cert_pem)?;
+    std::fs::write(&paths.key, &tls.client.key_pem)?;
+    let machines = list(
+        mgmt,
+        &spec.namespace,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Machine",
+    )
+    .await?;
+    let node = machines
+        .iter()
+        .filter(|m| checks::is_control_plane(m))
+        .find_map(|m| m["status"]["nodeRef"]["name"].as_str())
+        .ok_or_else(|| anyhow!("{}: no control-plane Node", spec.name))?;
+    let target = Target::pod(&kubeconfig, "kube-system", &format!("etcd-{node}"));
+    let listed = KubeletProbe::from_assets()?
+        .etcd(&target, &paths, EtcdOp::MemberList)
+        .await
+        .with_context(|| format!("{}: listing the etcd members through {node}", spec.name))?;
+    let members: Vec<String> = listed.members.into_iter().map(|m| m.name).collect();
+    checks::etcd_members_match(&members, &machines).map_err(|e| anyhow!("{}: {e}", spec.name))?;
+    Ok(members)
 }
 
 struct Fakenode {

@@ -22,6 +22,9 @@ pub struct ClusterReport {
     pub apiserver_peak_rss_bytes: Option<u64>,
     /// The KubeadmControlPlane's conditions after the last step, before deletion.
     pub final_kcp_conditions: Vec<ConditionSummary>,
+    /// With stacked etcd, the members then, as the real etcd client lists them through a
+    /// port-forward to a control-plane Node's etcd Pod (each named after its Node).
+    pub etcd_members: Option<Vec<String>>,
 }
 
 /// One condition as the report shows it.
@@ -51,6 +54,7 @@ impl ClusterReport {
             apiserver_rss_bytes: None,
             apiserver_peak_rss_bytes: None,
             final_kcp_conditions: Vec::new(),
+            etcd_members: None,
         }
     }
 }
@@ -143,6 +147,13 @@ pub fn render(report: &Report) -> String {
             c.name,
             conditions.join(", ")
         ));
+        if let Some(members) = &c.etcd_members {
+            out.push_str(&format!(
+                "    {} etcd members: {}\n",
+                c.name,
+                members.join(", ")
+            ));
+        }
     }
     if let (Some(first), Some(last)) = (seconds.first(), seconds.last()) {
         out.push_str(&format!(
