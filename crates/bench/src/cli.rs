@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use metal3_fakenode::cli::parse_duration;
 
 #[derive(Debug, Parser)]
@@ -22,20 +22,51 @@ pub enum Command {
     /// controller as its own process, and a report.
     Demo(DemoArgs),
     /// End to end with the real CAPI, KCP, CABPK, CAPM3 and baremetal-operator as local
-    /// processes: N workload clusters created, scaled and deleted, and a report.
+    /// processes: N workload clusters created, scaled, upgraded and deleted, and a report.
     E2e(E2eArgs),
+}
+
+/// Where a workload cluster's etcd runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EtcdMode {
+    /// A member per control-plane Machine, as kubeadm does by default: KCP reaches the
+    /// fake members through the fake kubelets' port-forward.
+    Stacked,
+    /// Outside the cluster and never dialled, as the original Metal3 scale experiments.
+    External,
+}
+
+impl EtcdMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stacked => "stacked",
+            Self::External => "external",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct E2eArgs {
-    /// Workload clusters, each with its own API server, one control-plane Machine and a
+    /// Workload clusters, each with its own API server, a KubeadmControlPlane and a
     /// MachineDeployment.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub clusters: u32,
+    /// Where each cluster's etcd runs.
+    #[arg(long, value_enum, default_value_t = EtcdMode::Stacked)]
+    pub etcd: EtcdMode,
+    /// Control-plane Machines of each cluster (odd with stacked etcd); from 3 up, the
+    /// KubeadmControlPlane is also scaled down to 1 and back.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub control_plane_replicas: u32,
+    /// At the end, upgrade every cluster (KubeadmControlPlane and MachineDeployment) to
+    /// this Kubernetes version, e.g. v1.36.0, one minor above the Machines' own.
+    #[arg(long)]
+    pub upgrade_to: Option<String>,
     /// Workers each MachineDeployment scales up to (from 0) before scaling down to 1.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub scale_up_to: u32,
-    /// Longest wait for one step (clusters up, a scale, the deletion), all clusters at once.
+    /// Longest wait for one step (clusters up, a scale, the upgrade, the deletion), all
+    /// clusters at once.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub step_timeout: std::time::Duration,
     /// Write the report as JSON here.

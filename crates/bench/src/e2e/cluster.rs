@@ -1,6 +1,7 @@
 //! The objects of one Metal3 workload cluster, as the original scale experiments created
 //! them: a namespace per cluster, BareMetalHosts driven by the baremetal-operator's test
-//! provisioner, a KubeadmControlPlane with external etcd, and a MachineDeployment.
+//! provisioner, a KubeadmControlPlane (stacked etcd, as kubeadm's default, or external etcd
+//! as the original experiments), and a MachineDeployment.
 //! Pure: everything here is data, created by the harness in this order.
 
 use base64::Engine;
@@ -20,22 +21,46 @@ pub struct ClusterSpec {
     pub kubernetes_version: String,
     pub control_plane_replicas: u32,
     pub workers: u32,
-    /// One BareMetalHost per Machine that may exist at once; scaling a MachineDeployment
-    /// up needs spare hosts.
+    /// One BareMetalHost per Machine that may exist at once; see [`hosts`].
     pub hosts: u32,
+    pub etcd: Etcd,
 }
 
-/// The pre-generated PKI of a cluster, as PEM: its CA (which the workload API server
-/// trusts and Cluster API signs the kubeconfig with), the external etcd's CA, and the API
-/// server's etcd client certificate.
+/// Where the control plane's etcd runs.
+#[derive(Clone, Debug)]
+pub enum Etcd {
+    /// A member on every control-plane Machine (kubeadm's default): KCP talks to the
+    /// members through the kubelets' port-forward.
+    Stacked,
+    /// Elsewhere, never dialled: the API server's client certificate is pre-generated,
+    /// since Cluster API cannot create it.
+    External(ExternalEtcdClient),
+}
+
+/// The pre-generated PKI of a cluster, as PEM: its CA, which the workload API server
+/// trusts and Cluster API signs the kubeconfig with, and the etcd CA. With stacked etcd
+/// KCP would generate the etcd CA if it were missing; the harness makes it so that it
+/// can read the members itself with a client certificate from it, as KCP does.
 #[derive(Clone, Debug)]
 pub struct ClusterPki {
     pub ca_cert: String,
     pub ca_key: String,
     pub etcd_ca_cert: String,
     pub etcd_ca_key: String,
-    pub etcd_client_cert: String,
-    pub etcd_client_key: String,
+}
+
+/// The API server's client certificate for an external etcd, as PEM.
+#[derive(Clone, Debug)]
+pub struct ExternalEtcdClient {
+    pub cert: String,
+    pub key: String,
+}
+
+/// BareMetalHosts a cluster needs: every Machine that may exist at once, that is each
+/// role at its largest plus one for a rolling update's surge (KCP and MachineDeployments
+/// create the new Machine before deleting an old one).
+pub fn hosts(control_plane_replicas: u32, max_workers: u32) -> u32 {
+    control_plane_replicas + 1 + max_workers + 1
 }
 
 const CAPI: &str = "cluster.x-k8s.io/v1beta2";
@@ -74,10 +99,19 @@ impl ClusterSpec {
     /// The Secrets the harness creates (BMC credentials and the pre-generated PKI); every
     /// other Secret in the namespace is Cluster API's.
     pub fn harness_secrets(&self) -> Vec<String> {
-        ["bmc", "ca", "etcd", "apiserver-etcd-client"]
+        let external: &[&str] = match self.etcd {
+            Etcd::Stacked => &[],
+            Etcd::External(_) => &["apiserver-etcd-client"],
+        };
+        ["bmc", "ca", "etcd"]
             .iter()
+            .chain(external)
             .map(|suffix| format!("{}-{suffix}", self.name))
             .collect()
+    }
+
+    pub fn stacked_etcd(&self) -> bool {
+        matches!(self.etcd, Etcd::Stacked)
     }
 
     pub fn machine_deployment_name(&self) -> String {
@@ -100,8 +134,8 @@ impl ClusterSpec {
             "data": {"username": BASE64.encode("admin"), "password": BASE64.encode("password")},
         }));
         objects.extend((0..self.hosts).map(|i| self.host(i)));
-        // Pre-generated, as in the original experiments: with external etcd, Cluster API
-        // cannot create the etcd CA or the API server's etcd client certificate itself.
+        // The workload API server already runs with this CA: Cluster API must sign the
+        // kubeconfig with it rather than generate its own.
         objects.push(
             self.cluster_secret("ca", &[("tls.crt", &pki.ca_cert), ("tls.key", &pki.ca_key)]),
         );
@@ -112,13 +146,12 @@ impl ClusterSpec {
                 ("tls.key", &pki.etcd_ca_key),
             ],
         ));
-        objects.push(self.cluster_secret(
-            "apiserver-etcd-client",
-            &[
-                ("tls.crt", &pki.etcd_client_cert),
-                ("tls.key", &pki.etcd_client_key),
-            ],
-        ));
+        if let Etcd::External(client) = &self.etcd {
+            objects.push(self.cluster_secret(
+                "apiserver-etcd-client",
+                &[("tls.crt", &client.cert), ("tls.key", &client.key)],
+            ));
+        }
         objects.push(self.metal3_cluster());
         objects.push(self.machine_template("controlplane"));
         objects.push(self.machine_template("workers"));
@@ -179,6 +212,20 @@ impl ClusterSpec {
     }
 
     fn kubeadm_control_plane(&self) -> Value {
+        let mut config = json!({
+            "initConfiguration": {"nodeRegistration": node_registration()},
+            "joinConfiguration": {"nodeRegistration": node_registration()},
+        });
+        // Stacked etcd is kubeadm's default: no clusterConfiguration at all (the CRD
+        // rejects an empty `etcd` or `etcd.local`).
+        if let Etcd::External(_) = self.etcd {
+            config["clusterConfiguration"] = json!({"etcd": {"external": {
+                "endpoints": ["https://192.0.2.3:2379"],
+                "caFile": "/etc/kubernetes/pki/etcd/ca.crt",
+                "certFile": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+                "keyFile": "/etc/kubernetes/pki/apiserver-etcd-client.key",
+            }}});
+        }
         json!({
             "apiVersion": KCP,
             "kind": "KubeadmControlPlane",
@@ -191,16 +238,7 @@ impl ClusterSpec {
                     "kind": "Metal3MachineTemplate",
                     "name": format!("{}-controlplane", self.name),
                 }}},
-                "kubeadmConfigSpec": {
-                    "initConfiguration": {"nodeRegistration": node_registration()},
-                    "joinConfiguration": {"nodeRegistration": node_registration()},
-                    "clusterConfiguration": {"etcd": {"external": {
-                        "endpoints": ["https://192.0.2.3:2379"],
-                        "caFile": "/etc/kubernetes/pki/etcd/ca.crt",
-                        "certFile": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
-                        "keyFile": "/etc/kubernetes/pki/apiserver-etcd-client.key",
-                    }}},
-                },
+                "kubeadmConfigSpec": config,
             },
         })
     }
@@ -314,6 +352,17 @@ mod tests {
             control_plane_replicas: 1,
             workers: 2,
             hosts: 4,
+            etcd: Etcd::Stacked,
+        }
+    }
+
+    fn external() -> ClusterSpec {
+        ClusterSpec {
+            etcd: Etcd::External(ExternalEtcdClient {
+                cert: "CLIENT".into(),
+                key: "CLIENTKEY".into(),
+            }),
+            ..spec()
         }
     }
 
@@ -323,8 +372,6 @@ mod tests {
             ca_key: "CAKEY".into(),
             etcd_ca_cert: "ETCDCA".into(),
             etcd_ca_key: "ETCDCAKEY".into(),
-            etcd_client_cert: "CLIENT".into(),
-            etcd_client_key: "CLIENTKEY".into(),
         }
     }
 
@@ -335,14 +382,24 @@ mod tests {
             .unwrap_or_else(|| panic!("no {kind} {name}"))
     }
 
+    fn secret_names(objects: &[Value]) -> Vec<&str> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "Secret")
+            .map(|s| s["metadata"]["name"].as_str().unwrap())
+            .collect()
+    }
+
     #[test]
     fn everything_lives_in_the_cluster_namespace_and_the_namespace_comes_first() {
-        let objects = spec().objects(&pki());
-        assert_eq!(objects[0]["kind"], "Namespace");
-        for o in &objects[1..] {
-            assert_eq!(o["metadata"]["namespace"], "e2e-1", "{o}");
+        for spec in [spec(), external()] {
+            let objects = spec.objects(&pki());
+            assert_eq!(objects[0]["kind"], "Namespace");
+            for o in &objects[1..] {
+                assert_eq!(o["metadata"]["namespace"], "e2e-1", "{o}");
+            }
+            assert_eq!(objects.last().unwrap()["kind"], "Cluster");
         }
-        assert_eq!(objects.last().unwrap()["kind"], "Cluster");
     }
 
     #[test]
@@ -362,20 +419,43 @@ mod tests {
     }
 
     #[test]
-    fn the_control_plane_uses_external_etcd_and_pregenerated_secrets() {
+    fn hosts_cover_each_role_at_its_largest_plus_a_surge() {
+        // 3 control-plane replicas rolling (4 at once), 3 workers (or 1 rolling: 2).
+        assert_eq!(hosts(3, 3), 8);
+        assert_eq!(hosts(1, 1), 4);
+    }
+
+    #[test]
+    fn stacked_etcd_is_kubeadms_default_with_the_harness_etcd_ca() {
         let objects = spec().objects(&pki());
+        let kcp = find(&objects, "KubeadmControlPlane", "cluster-1");
+        let config = &kcp["spec"]["kubeadmConfigSpec"];
+        // No clusterConfiguration: an empty etcd (or etcd.local) is rejected by the CRD.
+        assert!(config.get("clusterConfiguration").is_none(), "{config}");
+        assert!(config["initConfiguration"].is_object());
+        assert!(config["joinConfiguration"].is_object());
+        assert_eq!(
+            secret_names(&objects),
+            ["cluster-1-bmc", "cluster-1-ca", "cluster-1-etcd"]
+        );
+        assert_eq!(secret_names(&objects), spec().harness_secrets());
+        assert!(spec().stacked_etcd());
+        let ca = find(&objects, "Secret", "cluster-1-ca");
+        assert_eq!(ca["data"]["tls.key"], BASE64.encode("CAKEY"));
+        let etcd = find(&objects, "Secret", "cluster-1-etcd");
+        assert_eq!(etcd["data"]["tls.key"], BASE64.encode("ETCDCAKEY"));
+    }
+
+    #[test]
+    fn external_etcd_comes_with_pregenerated_secrets() {
+        let spec = external();
+        assert!(!spec.stacked_etcd());
+        let objects = spec.objects(&pki());
         let kcp = find(&objects, "KubeadmControlPlane", "cluster-1");
         let external =
             &kcp["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["etcd"]["external"];
         assert!(external["endpoints"].is_array());
-        let secrets: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Secret").collect();
-        assert_eq!(
-            secrets
-                .iter()
-                .map(|s| s["metadata"]["name"].as_str().unwrap())
-                .collect::<Vec<_>>(),
-            spec().harness_secrets()
-        );
+        assert_eq!(secret_names(&objects), spec.harness_secrets());
         for suffix in ["ca", "etcd", "apiserver-etcd-client"] {
             let secret = find(&objects, "Secret", &format!("cluster-1-{suffix}"));
             assert_eq!(
@@ -385,8 +465,10 @@ mod tests {
             assert!(secret["data"]["tls.crt"].is_string());
             assert!(secret["data"]["tls.key"].is_string());
         }
-        let ca = find(&objects, "Secret", "cluster-1-ca");
-        assert_eq!(ca["data"]["tls.key"], BASE64.encode("CAKEY"));
+        let etcd = find(&objects, "Secret", "cluster-1-etcd");
+        assert_eq!(etcd["data"]["tls.key"], BASE64.encode("ETCDCAKEY"));
+        let client = find(&objects, "Secret", "cluster-1-apiserver-etcd-client");
+        assert_eq!(client["data"]["tls.crt"], BASE64.encode("CLIENT"));
     }
 
     #[test]
@@ -397,5 +479,8 @@ mod tests {
         let md = find(&objects, "MachineDeployment", "cluster-1-workers");
         assert_eq!(md["spec"]["replicas"], 2);
         assert_eq!(md["spec"]["template"]["spec"]["version"], "v1.35.0");
+        let kcp = find(&objects, "KubeadmControlPlane", "cluster-1");
+        assert_eq!(kcp["spec"]["replicas"], 1);
+        assert_eq!(kcp["spec"]["version"], "v1.35.0");
     }
 }

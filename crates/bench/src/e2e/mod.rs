@@ -12,6 +12,7 @@
 //! (`ApiServer::client`), never with the `<cluster>-kubeconfig` Secrets KCP writes; a
 //! kubeconfig from a Secret would go through `workload::parse_kubeconfig`.
 
+pub mod checks;
 pub mod cluster;
 pub mod phases;
 pub mod providers;
@@ -34,15 +35,17 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::cli::EtcdMode;
 use crate::demo::process_stats;
-use cluster::{ClusterPki, ClusterSpec};
-use metal3_fakenode_testkit::envtest::certs::ClusterCa;
+use cluster::{ClusterPki, ClusterSpec, ExternalEtcdClient};
+use metal3_fakenode_testkit::envtest::certs::{CertAndKey, ClusterCa};
 use metal3_fakenode_testkit::envtest::process::Supervised;
 use metal3_fakenode_testkit::envtest::{self, ApiServer, Assets, Etcd};
+use metal3_fakenode_testkit::kubelet_probe::{EtcdOp, EtcdTls, KubeletProbe, Target};
 use metal3_fakenode_testkit::probe;
 use metal3_fakenode_testkit::simulate::world::dynamic;
 use providers::{PROVIDERS, Running};
-use report::{ClusterReport, Report};
+use report::{ClusterReport, Report, Step};
 
 /// The environment variable naming the directory `hack/e2e-assets.sh` prints.
 pub const ASSETS_ENV: &str = "METAL3_FAKENODE_E2E_ASSETS";
@@ -59,6 +62,11 @@ const CONTROLLER_ACCOUNT: &str = "metal3-fakenode";
 #[derive(Clone, Debug)]
 pub struct Options {
     pub clusters: usize,
+    pub etcd: EtcdMode,
+    /// Control-plane Machines of each cluster; from 3 up, also scaled to 1 and back.
+    pub control_plane_replicas: u32,
+    /// The Kubernetes version every cluster is upgraded to at the end, if any.
+    pub upgrade_to: Option<String>,
     /// Workers of each MachineDeployment once scaled up; it then scales down to one.
     pub scale_up_to: u32,
     /// Longest wait for any one step across all clusters.
@@ -101,6 +109,9 @@ impl E2eAssets {
 pub async fn main(args: crate::cli::E2eArgs) -> anyhow::Result<()> {
     let options = Options {
         clusters: args.clusters as usize,
+        etcd: args.etcd,
+        control_plane_replicas: args.control_plane_replicas,
+        upgrade_to: args.upgrade_to,
         scale_up_to: args.scale_up_to,
         step_timeout: args.step_timeout,
         report: args.report,
@@ -118,6 +129,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     if options.clusters == 0 {
         bail!("--clusters must be at least 1");
     }
+    checks::validate(
+        options.control_plane_replicas,
+        options.etcd == EtcdMode::Stacked,
+        KUBERNETES_VERSION,
+        options.upgrade_to.as_deref(),
+    )
+    .map_err(|e| anyhow!(e))?;
     let assets = Assets::from_env().context("the e2e run needs the local control plane")?;
     let e2e = E2eAssets::from_env()?;
     let dir = tempfile::Builder::new()
@@ -173,21 +191,24 @@ async fn scenario(
         started.elapsed().as_secs_f64()
     ));
 
-    let mut controller = start_fakenode(&management, mgmt, dir).await?;
+    let stacked = options.etcd == EtcdMode::Stacked;
+    let mut controller = start_fakenode(&management, mgmt, dir, stacked).await?;
 
     // A few API servers start at once: each takes seconds of CPU to come up.
-    let started: Vec<(ClusterSpec, ClusterPki, ApiServer)> = futures::stream::iter(
+    let started: Vec<(ClusterSpec, ClusterPki, ApiServer, CertAndKey)> = futures::stream::iter(
         (0..options.clusters)
-            .map(|i| workload_cluster(assets, &etcd, format!("e2e-{i:03}"), options.scale_up_to)),
+            .map(|i| workload_cluster(assets, &etcd, format!("e2e-{i:03}"), options)),
     )
     .buffered(4)
     .try_collect()
     .await?;
     let mut specs = Vec::new();
     let mut workloads = Vec::new();
-    for (spec, pki, server) in started {
+    let mut etcd_clients = Vec::new();
+    for (spec, pki, server, etcd_client) in started {
         specs.push((spec, pki));
         workloads.push(server);
+        etcd_clients.push(etcd_client);
     }
     say(format!(
         "{} workload API server(s) up; creating the clusters",
@@ -198,24 +219,83 @@ async fn scenario(
         .zip(&workloads)
         .map(|((spec, _), server)| ClusterReport::new(&spec.name, server.pid()))
         .collect();
-    bring_up(mgmt, &specs, &workloads, &mut reports, options.step_timeout).await?;
-    scale_all(
+    let clusters = Clusters {
         mgmt,
-        &specs,
-        &workloads,
-        [options.scale_up_to, 1],
-        options.step_timeout,
-    )
-    .await?;
-    for (report, server) in reports.iter_mut().zip(&workloads) {
+        specs: &specs,
+        workloads: &workloads,
+        timeout: options.step_timeout,
+    };
+    let mut steps = Vec::new();
+    let replicas = options.control_plane_replicas;
+
+    let begun_step = Instant::now();
+    bring_up(mgmt, &specs, &workloads, &mut reports, options.step_timeout).await?;
+    steps.push(step("clusters_up", begun_step));
+
+    if stacked {
+        // Up is not yet healthy: KCP checks the etcd members and components after the
+        // Machines run.
+        let begun_step = Instant::now();
+        clusters.settle(replicas, 0, None).await?;
+        steps.push(step("control_plane_healthy", begun_step));
+    }
+    if replicas >= 3 {
+        for target in [1, replicas] {
+            let begun_step = Instant::now();
+            for (spec, _) in &specs {
+                scale_control_plane(mgmt, spec, target).await?;
+            }
+            clusters.settle(target, 0, None).await?;
+            steps.push(step(
+                &format!("control_plane_scaled_to_{target}"),
+                begun_step,
+            ));
+        }
+    }
+    for target in [options.scale_up_to, 1] {
+        let begun_step = Instant::now();
+        for (spec, _) in &specs {
+            scale(mgmt, spec, target).await?;
+        }
+        clusters.settle(replicas, target, None).await?;
+        steps.push(step(&format!("workers_scaled_to_{target}"), begun_step));
+    }
+    if let Some(version) = &options.upgrade_to {
+        let begun_step = Instant::now();
+        for (spec, _) in &specs {
+            upgrade(mgmt, spec, version).await?;
+        }
+        clusters.settle(replicas, 1, Some(version)).await?;
+        steps.push(step(&format!("upgraded_to_{version}"), begun_step));
+    }
+    for (((report, server), (spec, pki)), etcd_client) in reports
+        .iter_mut()
+        .zip(&workloads)
+        .zip(&specs)
+        .zip(&etcd_clients)
+    {
         report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
         report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
+        report.final_kcp_conditions = checks::conditions(&kubeadm_control_plane(mgmt, spec).await?);
+        if stacked {
+            let tls = EtcdClientFiles {
+                ca_pem: &pki.etcd_ca_cert,
+                client: etcd_client,
+            };
+            report.etcd_members = Some(etcd_members(mgmt, spec, server, &tls, dir).await?);
+        }
     }
     let clients_before = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
     let kubelets_before = fakenode_gauge(&controller.metrics, "fakenode_kubelets").await;
 
+    let begun_step = Instant::now();
     delete_all(mgmt, &specs, &controller.metrics, options.step_timeout).await?;
+    steps.push(step("clusters_deleted", begun_step));
     let report = Report {
+        etcd: options.etcd.name().to_string(),
+        control_plane_replicas: replicas,
+        upgraded_to: options.upgrade_to.clone(),
+        steps,
         clusters: reports,
         workload_clients_before_delete: clients_before,
         kubelets_before_delete: kubelets_before,
@@ -231,6 +311,49 @@ async fn scenario(
     }
     controller.process.kill();
     Ok(report)
+}
+
+/// A finished step, said as it ends.
+fn step(name: &str, begun: Instant) -> Step {
+    let seconds = begun.elapsed().as_secs_f64();
+    say(format!("step {name}: {seconds:.1}s"));
+    Step {
+        name: name.to_string(),
+        seconds,
+    }
+}
+
+/// Every cluster of the run, with what a step waits for.
+struct Clusters<'a> {
+    mgmt: &'a Client,
+    specs: &'a [(ClusterSpec, ClusterPki)],
+    workloads: &'a [ApiServer],
+    timeout: Duration,
+}
+
+impl Clusters<'_> {
+    /// Waits until every cluster has `control_plane` + `workers` Machines, settled as
+    /// [`settled`] says (and upgraded to `version`, if given).
+    async fn settle(
+        &self,
+        control_plane: u32,
+        workers: u32,
+        version: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        try_join_all(
+            self.specs
+                .iter()
+                .zip(self.workloads)
+                .map(|((spec, _), server)| {
+                    wait_until(deadline, &spec.name, move || {
+                        settled(self.mgmt, spec, server, control_plane + workers, version)
+                    })
+                }),
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// Creates every cluster's objects and waits until each is up (its control plane
@@ -261,7 +384,9 @@ async fn bring_up(
             .zip(&created_at)
             .zip(workloads)
             .map(|((((spec, _), report), created_at), server)| async move {
-                let up = wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, 1)).await?;
+                let machines = spec.control_plane_replicas as usize;
+                let up =
+                    wait_until(deadline, &spec.name, || cluster_up(mgmt, spec, machines)).await?;
                 report.seconds_to_running = Some(seconds_since(*created_at, up));
                 let running = jiff::Timestamp::now();
                 report.milestones = control_plane_milestones(mgmt, spec, server, running)
@@ -277,45 +402,6 @@ async fn bring_up(
         specs.len(),
         created.elapsed().as_secs_f64()
     ));
-
-    Ok(())
-}
-
-/// Scales every MachineDeployment to each target in turn; after each, every cluster's
-/// Machines run and its Nodes are exactly theirs.
-async fn scale_all(
-    mgmt: &Client,
-    specs: &[(ClusterSpec, ClusterPki)],
-    workloads: &[ApiServer],
-    targets: [u32; 2],
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    // Scale the workers up and down on every cluster.
-    for target in targets {
-        let step = Instant::now();
-        for (spec, _) in specs {
-            scale(mgmt, spec, target).await?;
-        }
-        let deadline = step + timeout;
-        try_join_all(
-            specs
-                .iter()
-                .zip(workloads)
-                .map(|((spec, _), server)| async move {
-                    wait_until(deadline, &spec.name, || async {
-                        let up = cluster_up(mgmt, spec, 1 + target as usize).await?;
-                        nodes_match_machines(mgmt, spec, server).await?;
-                        Ok(up)
-                    })
-                    .await
-                }),
-        )
-        .await?;
-        say(format!(
-            "MachineDeployments at {target} worker(s): Nodes match Machines after {:.1}s",
-            step.elapsed().as_secs_f64()
-        ));
-    }
 
     Ok(())
 }
@@ -509,10 +595,16 @@ async fn workload_cluster(
     assets: &Assets,
     etcd: &Etcd,
     name: String,
-    scale_up_to: u32,
-) -> anyhow::Result<(ClusterSpec, ClusterPki, ApiServer)> {
+    options: &Options,
+) -> anyhow::Result<(ClusterSpec, ClusterPki, ApiServer, CertAndKey)> {
     let ca = ClusterCa::new(&format!("{name}-ca"))?;
-    let pki = cluster_pki(&ca)?;
+    let etcd_ca = ClusterCa::new("etcd-ca")?;
+    let pki = ClusterPki {
+        ca_cert: ca.cert_pem(),
+        ca_key: ca.key_pem().to_string(),
+        etcd_ca_cert: etcd_ca.cert_pem(),
+        etcd_ca_key: etcd_ca.key_pem().to_string(),
+    };
     let server = ApiServer::start_with_ca(assets, etcd, &name, ca).await?;
     let api_port = server
         .url()
@@ -525,25 +617,78 @@ async fn workload_cluster(
         name,
         api_port,
         kubernetes_version: KUBERNETES_VERSION.into(),
-        control_plane_replicas: 1,
+        control_plane_replicas: options.control_plane_replicas,
         workers: 0,
-        hosts: 1 + scale_up_to,
+        hosts: cluster::hosts(options.control_plane_replicas, options.scale_up_to),
+        etcd: match options.etcd {
+            EtcdMode::Stacked => cluster::Etcd::Stacked,
+            EtcdMode::External => {
+                let client = etcd_ca.client_cert("kube-apiserver-etcd-client", None)?;
+                cluster::Etcd::External(ExternalEtcdClient {
+                    cert: client.cert_pem,
+                    key: client.key_pem,
+                })
+            }
+        },
     };
-    Ok((spec, pki, server))
+    // The harness's own etcd client certificate, as KCP makes its own from the etcd CA.
+    let etcd_client = etcd_ca.client_cert("metal3-fakenode-e2e", None)?;
+    Ok((spec, pki, server, etcd_client))
 }
 
-/// The cluster's Secrets as the original experiments pre-generated them.
-fn cluster_pki(ca: &ClusterCa) -> anyhow::Result<ClusterPki> {
-    let etcd_ca = ClusterCa::new("etcd-ca")?;
-    let etcd_client = etcd_ca.client_cert("kube-apiserver-etcd-client", None)?;
-    Ok(ClusterPki {
-        ca_cert: ca.cert_pem(),
-        ca_key: ca.key_pem().to_string(),
-        etcd_ca_cert: etcd_ca.cert_pem(),
-        etcd_ca_key: etcd_ca.key_pem().to_string(),
-        etcd_client_cert: etcd_client.cert_pem,
-        etcd_client_key: etcd_client.key_pem,
-    })
+/// What the harness dials etcd members with.
+struct EtcdClientFiles<'a> {
+    ca_pem: &'a str,
+    client: &'a CertAndKey,
+}
+
+/// The etcd members of a stacked cluster as the real clientv3 lists them (through the
+/// kubelet probe), dialled as KCP dials them: a port-forward through the workload API
+/// server to the etcd Pod of a control-plane Node. They must be exactly the
+/// control-plane Nodes.
+async fn etcd_members(
+    mgmt: &Client,
+    spec: &ClusterSpec,
+    server: &ApiServer,
+    tls: &EtcdClientFiles<'_>,
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let files = dir.join(format!("{}-etcd-client", spec.name));
+    std::fs::create_dir_all(&files)?;
+    let kubeconfig = files.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
+    )?;
+    let paths = EtcdTls {
+        ca: files.join("ca.crt"),
+        cert: files.join("client.crt"),
+        key: files.join("client.key"),
+    };
+    std::fs::write(&paths.ca, tls.ca_pem)?;
+    std::fs::write(&paths.cert, &tls.client.cert_pem)?;
+    std::fs::write(&paths.key, &tls.client.key_pem)?;
+    let machines = list(
+        mgmt,
+        &spec.namespace,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Machine",
+    )
+    .await?;
+    let node = machines
+        .iter()
+        .filter(|m| checks::is_control_plane(m))
+        .find_map(|m| m["status"]["nodeRef"]["name"].as_str())
+        .ok_or_else(|| anyhow!("{}: no control-plane Node", spec.name))?;
+    let target = Target::pod(&kubeconfig, "kube-system", &format!("etcd-{node}"));
+    let listed = KubeletProbe::from_assets()?
+        .etcd(&target, &paths, EtcdOp::MemberList)
+        .await
+        .with_context(|| format!("{}: listing the etcd members through {node}", spec.name))?;
+    let members: Vec<String> = listed.members.into_iter().map(|m| m.name).collect();
+    checks::etcd_members_match(&members, &machines).map_err(|e| anyhow!("{}: {e}", spec.name))?;
+    Ok(members)
 }
 
 struct Fakenode {
@@ -552,13 +697,13 @@ struct Fakenode {
 }
 
 /// metal3-fakenode as deploy/ runs it: its ServiceAccount, bound to the ClusterRoles of
-/// deploy/base and deploy/components/certificate-expiry, with a token from a
-/// TokenRequest, and `--annotate-certificate-expiry` (so KCP reads the expiry from the
-/// KubeadmConfig instead of dialling the fake kube-apiserver Pod).
+/// deploy/base (and deploy/components/certificate-expiry with external etcd), with a token
+/// from a TokenRequest, and the flags of [`fakenode_args`].
 async fn start_fakenode(
     management: &ApiServer,
     mgmt: &Client,
     dir: &Path,
+    stacked_etcd: bool,
 ) -> anyhow::Result<Fakenode> {
     create(
         mgmt,
@@ -574,18 +719,20 @@ async fn start_fakenode(
         Err(e @ (kube::Error::Service(_) | kube::Error::HyperError(_))) => return Err(e.into()),
         _ => {}
     }
-    for (role, binding) in [
-        (
-            include_str!("../../../../deploy/base/clusterrole.yaml"),
-            include_str!("../../../../deploy/base/clusterrolebinding.yaml"),
-        ),
-        (
-            include_str!("../../../../deploy/components/certificate-expiry/clusterrole.yaml"),
-            include_str!(
-                "../../../../deploy/components/certificate-expiry/clusterrolebinding.yaml"
-            ),
-        ),
-    ] {
+    let base = (
+        include_str!("../../../../deploy/base/clusterrole.yaml"),
+        include_str!("../../../../deploy/base/clusterrolebinding.yaml"),
+    );
+    let certificate_expiry = (
+        include_str!("../../../../deploy/components/certificate-expiry/clusterrole.yaml"),
+        include_str!("../../../../deploy/components/certificate-expiry/clusterrolebinding.yaml"),
+    );
+    let roles = if stacked_etcd {
+        vec![base]
+    } else {
+        vec![base, certificate_expiry]
+    };
+    for (role, binding) in roles {
         let role: Value = serde_saphyr::from_str(role).map_err(|e| anyhow!("{e}"))?;
         create(mgmt, &role).await?;
         let mut binding: ClusterRoleBinding =
@@ -621,17 +768,11 @@ async fn start_fakenode(
     let path = dir.join("metal3-fakenode.kubeconfig");
     std::fs::write(&path, envtest::kubeconfig_yaml(&kubeconfig)?)?;
     let metrics = format!("127.0.0.1:{}", envtest::free_port()?);
-    let args: Vec<String> = [
-        "run",
-        "--metrics-bind-address",
-        &metrics,
-        "--annotate-certificate-expiry",
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let kubelet = match stacked_etcd {
+        true => Some(format!("127.0.0.1:{}", envtest::free_port()?)),
+        false => None,
+    };
+    let args = fakenode_args(&metrics, kubelet.as_deref());
     let kubeconfig = path.display().to_string();
     let mut process = Supervised::spawn_with_env(
         "metal3-fakenode",
@@ -649,6 +790,27 @@ async fn start_fakenode(
     )
     .await?;
     Ok(Fakenode { process, metrics })
+}
+
+/// metal3-fakenode's command line. With a kubelet API (stacked etcd) its Nodes advertise
+/// it on loopback, where every workload API server forwards KCP's port-forwards (to the
+/// fake etcd members, and to the kube-apiserver Pod for its certificate's expiry).
+/// Without one (external etcd), it annotates the expiry on the KubeadmConfigs instead, or
+/// KCP would dial the kube-apiserver Pod.
+fn fakenode_args(metrics: &str, kubelet: Option<&str>) -> Vec<String> {
+    let mut args = vec!["run", "--metrics-bind-address", metrics];
+    match kubelet {
+        Some(address) => args.extend([
+            "--kubelet-address",
+            address,
+            "--kubelet-bind-address",
+            address,
+            "--stacked-etcd-pods",
+        ]),
+        None => args.push("--annotate-certificate-expiry"),
+    }
+    args.extend(["--log-format", "json"]);
+    args.into_iter().map(str::to_string).collect()
 }
 
 /// A gauge of the metal3-fakenode process, read from its /metrics.
@@ -685,11 +847,7 @@ async fn get(
     Ok(serde_json::to_value(object)?)
 }
 
-fn condition_true(object: &Value, kind: &str) -> bool {
-    object["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True"))
-}
+use checks::condition_true;
 
 fn to_values(list: Vec<DynamicObject>) -> anyhow::Result<Vec<Value>> {
     list.into_iter()
@@ -729,15 +887,7 @@ async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyho
             bail!("Metal3Machine {name} has providerID {id:?}");
         }
     }
-    let kcp = get(
-        mgmt,
-        ns,
-        "controlplane.cluster.x-k8s.io",
-        "v1beta2",
-        "KubeadmControlPlane",
-        &spec.name,
-    )
-    .await?;
+    let kcp = kubeadm_control_plane(mgmt, spec).await?;
     if kcp["status"]["initialization"]["controlPlaneInitialized"] != true {
         bail!("KubeadmControlPlane not initialized");
     }
@@ -794,8 +944,14 @@ async fn control_plane_milestones(
             .await?
             .items,
     )?;
+    // The first one, which initialized the control plane (RFC 3339 times sort as text).
     let machine = machines
-        .first()
+        .iter()
+        .min_by_key(|m| {
+            m["metadata"]["creationTimestamp"]
+                .as_str()
+                .map(str::to_string)
+        })
         .ok_or_else(|| anyhow!("no control-plane Machine"))?;
     let m3m_name = machine["spec"]["infrastructureRef"]["name"]
         .as_str()
@@ -873,6 +1029,116 @@ async fn nodes_match_machines(
     Ok(())
 }
 
+/// True once the cluster has `machines` Machines, up as [`cluster_up`] says, the workload
+/// cluster's Nodes are theirs, the control plane settled (healthy with stacked etcd, see
+/// [`checks::control_plane_settled`]) and, with `version`, upgraded to it.
+async fn settled(
+    mgmt: &Client,
+    spec: &ClusterSpec,
+    server: &ApiServer,
+    machines: u32,
+    version: Option<&str>,
+) -> anyhow::Result<bool> {
+    cluster_up(mgmt, spec, machines as usize).await?;
+    nodes_match_machines(mgmt, spec, server).await?;
+    let kcp = kubeadm_control_plane(mgmt, spec).await?;
+    let all = list(
+        mgmt,
+        &spec.namespace,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Machine",
+    )
+    .await?;
+    checks::control_plane_settled(&kcp, &all, spec.stacked_etcd()).map_err(|e| anyhow!(e))?;
+    if let Some(version) = version {
+        let nodes = Api::<Node>::all(server.client().await?)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let nodes: Vec<Value> = nodes
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        checks::upgrade_done(version, &kcp, &all, &nodes).map_err(|e| anyhow!(e))?;
+    }
+    Ok(true)
+}
+
+async fn kubeadm_control_plane(mgmt: &Client, spec: &ClusterSpec) -> anyhow::Result<Value> {
+    get(
+        mgmt,
+        &spec.namespace,
+        "controlplane.cluster.x-k8s.io",
+        "v1beta2",
+        "KubeadmControlPlane",
+        &spec.name,
+    )
+    .await
+}
+
+async fn scale_control_plane(
+    mgmt: &Client,
+    spec: &ClusterSpec,
+    replicas: u32,
+) -> anyhow::Result<()> {
+    dynamic(
+        mgmt,
+        &spec.namespace,
+        "controlplane.cluster.x-k8s.io",
+        "v1beta2",
+        "KubeadmControlPlane",
+    )
+    .patch(
+        &spec.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "scaling the KubeadmControlPlane of {} to {replicas}",
+            spec.name
+        )
+    })?;
+    Ok(())
+}
+
+/// Starts the rolling upgrade of the control plane and the workers to `version`. Both at
+/// once, as a user would: Cluster API's MachineSet preflight checks hold the workers back
+/// until the control plane runs the new version.
+async fn upgrade(mgmt: &Client, spec: &ClusterSpec, version: &str) -> anyhow::Result<()> {
+    dynamic(
+        mgmt,
+        &spec.namespace,
+        "controlplane.cluster.x-k8s.io",
+        "v1beta2",
+        "KubeadmControlPlane",
+    )
+    .patch(
+        &spec.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"version": version}})),
+    )
+    .await
+    .with_context(|| format!("upgrading the KubeadmControlPlane of {}", spec.name))?;
+    dynamic(
+        mgmt,
+        &spec.namespace,
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "MachineDeployment",
+    )
+    .patch(
+        &spec.machine_deployment_name(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"version": version}}}})),
+    )
+    .await
+    .with_context(|| format!("upgrading the MachineDeployment of {}", spec.name))?;
+    Ok(())
+}
+
 async fn scale(mgmt: &Client, spec: &ClusterSpec, replicas: u32) -> anyhow::Result<()> {
     let api = dynamic(
         mgmt,
@@ -938,4 +1204,34 @@ async fn cluster_gone(mgmt: &Client, spec: &ClusterSpec) -> anyhow::Result<bool>
         bail!("left: {left:?}");
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_a_kubelet_api_the_controller_serves_it_and_annotates_nothing() {
+        let args = fakenode_args("127.0.0.1:1", Some("127.0.0.1:2"));
+        let line = args.join(" ");
+        assert!(
+            line.contains("--kubelet-address 127.0.0.1:2 --kubelet-bind-address 127.0.0.1:2"),
+            "{line}"
+        );
+        assert!(line.contains("--stacked-etcd-pods"), "{line}");
+        assert!(!line.contains("--annotate-certificate-expiry"), "{line}");
+        assert_eq!(args[0], "run");
+    }
+
+    #[test]
+    fn without_one_it_annotates_the_certificate_expiry() {
+        let line = fakenode_args("127.0.0.1:1", None).join(" ");
+        assert!(line.contains("--annotate-certificate-expiry"), "{line}");
+        assert!(!line.contains("kubelet"), "{line}");
+        assert!(!line.contains("--stacked-etcd-pods"), "{line}");
+        assert!(
+            line.contains("--metrics-bind-address 127.0.0.1:1"),
+            "{line}"
+        );
+    }
 }

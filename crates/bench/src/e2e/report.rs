@@ -1,5 +1,6 @@
-//! What an e2e run reports: per cluster, how long from creating its objects to every
-//! Machine Running, and what its workload API server costs.
+//! What an e2e run reports: how long each step took for all clusters at once; per
+//! cluster, how long from creating its objects to every Machine Running, what its workload
+//! API server costs and where its control plane ended.
 
 use serde::Serialize;
 
@@ -19,6 +20,28 @@ pub struct ClusterReport {
     /// scaled (before deletion), and its peak.
     pub apiserver_rss_bytes: Option<u64>,
     pub apiserver_peak_rss_bytes: Option<u64>,
+    /// The KubeadmControlPlane's conditions after the last step, before deletion.
+    pub final_kcp_conditions: Vec<ConditionSummary>,
+    /// With stacked etcd, the members then, as the real etcd client lists them through a
+    /// port-forward to a control-plane Node's etcd Pod (each named after its Node).
+    pub etcd_members: Option<Vec<String>>,
+}
+
+/// One condition as the report shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConditionSummary {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+}
+
+/// One step of the scenario, for every cluster at once: from its first request to the
+/// last cluster settled.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub seconds: f64,
 }
 
 impl ClusterReport {
@@ -30,12 +53,19 @@ impl ClusterReport {
             apiserver_pid,
             apiserver_rss_bytes: None,
             apiserver_peak_rss_bytes: None,
+            final_kcp_conditions: Vec::new(),
+            etcd_members: None,
         }
     }
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// `stacked` or `external`.
+    pub etcd: String,
+    pub control_plane_replicas: u32,
+    pub upgraded_to: Option<String>,
+    pub steps: Vec<Step>,
     pub clusters: Vec<ClusterReport>,
     /// metal3-fakenode's cached workload clients just before the Clusters were deleted
     /// (it must drop them all afterwards).
@@ -80,6 +110,18 @@ pub fn render(report: &Report) -> String {
                 .map_or("-".to_string(), |b| format!("{:.0}", mib(b)))
         ));
     }
+    out.push_str(&format!(
+        "  etcd {}, {} control-plane replica(s){}\n",
+        report.etcd,
+        report.control_plane_replicas,
+        report
+            .upgraded_to
+            .as_ref()
+            .map_or(String::new(), |v| format!(", upgraded to {v}"))
+    ));
+    for step in &report.steps {
+        out.push_str(&format!("  step {}: {:.1}s\n", step.name, step.seconds));
+    }
     for c in &report.clusters {
         if let Some(m) = &c.milestones {
             let at = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
@@ -91,6 +133,25 @@ pub fn render(report: &Report) -> String {
                 at(m.host_provisioned),
                 at(m.node_created),
                 at(m.machine_running)
+            ));
+        }
+    }
+    for c in &report.clusters {
+        let conditions: Vec<String> = c
+            .final_kcp_conditions
+            .iter()
+            .map(|k| format!("{}={} ({})", k.kind, k.status, k.reason))
+            .collect();
+        out.push_str(&format!(
+            "    {} KubeadmControlPlane at the end: {}\n",
+            c.name,
+            conditions.join(", ")
+        ));
+        if let Some(members) = &c.etcd_members {
+            out.push_str(&format!(
+                "    {} etcd members: {}\n",
+                c.name,
+                members.join(", ")
             ));
         }
     }
