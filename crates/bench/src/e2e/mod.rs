@@ -794,7 +794,8 @@ async fn start_fakenode(
 
 /// metal3-fakenode's command line. With a kubelet API (stacked etcd) its Nodes advertise
 /// it on loopback, where every workload API server forwards KCP's port-forwards (to the
-/// fake etcd members, and to the kube-apiserver Pod for its certificate's expiry).
+/// fake etcd members, and to the kube-apiserver Pod for its certificate's expiry); that
+/// the etcd is stacked it reads from the KubeadmControlPlane (no `--stacked-etcd-pods`).
 /// Without one (external etcd), it annotates the expiry on the KubeadmConfigs instead, or
 /// KCP would dial the kube-apiserver Pod.
 fn fakenode_args(metrics: &str, kubelet: Option<&str>) -> Vec<String> {
@@ -805,7 +806,6 @@ fn fakenode_args(metrics: &str, kubelet: Option<&str>) -> Vec<String> {
             address,
             "--kubelet-bind-address",
             address,
-            "--stacked-etcd-pods",
         ]),
         None => args.push("--annotate-certificate-expiry"),
     }
@@ -1218,7 +1218,7 @@ mod tests {
             line.contains("--kubelet-address 127.0.0.1:2 --kubelet-bind-address 127.0.0.1:2"),
             "{line}"
         );
-        assert!(line.contains("--stacked-etcd-pods"), "{line}");
+        assert!(!line.contains("--stacked-etcd-pods"), "{line}");
         assert!(!line.contains("--annotate-certificate-expiry"), "{line}");
         assert_eq!(args[0], "run");
     }
