@@ -286,3 +286,77 @@ async fn port_forwards_reach_fake_etcd_members_and_the_api_server_certificate() 
     );
     ctl.stop().await;
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn nodes_made_before_the_kubelet_api_get_its_address_and_port() {
+    use k8s_openapi::api::core::v1::Node;
+    let env = common::env().await;
+    let mgmt = env.management.client().await.unwrap();
+    let server = &env.workloads[0];
+    let ns = unique("kubelet-upgrade");
+    world::namespace(&mgmt, &ns).await.unwrap();
+    cluster_with_kubeconfig(&mgmt, &ns, &ns, &admin_yaml(server)).await;
+    let name = unique("cp-old");
+    world::machine(&mgmt, &ns, &MachineSpec::new(&ns, &name, true))
+        .await
+        .unwrap();
+    // Heartbeats on: the controller keeps (and so takes over) the Nodes it finds.
+    let living = Fidelity {
+        heartbeat_interval: Duration::from_secs(30),
+        ..Fidelity::default()
+    };
+    let mut before = test_config(&[&ns]);
+    before.fidelity = living.clone();
+    let ctl = start_controller(before).await;
+    let nodes: Api<Node> = Api::all(server.client().await.unwrap());
+    let endpoint = |n: &Node| {
+        let status = n.status.clone().unwrap_or_default();
+        let first = status
+            .addresses
+            .unwrap_or_default()
+            .first()
+            .map(|a| a.address.clone());
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port);
+        (first, port)
+    };
+    let old = eventually("the Node of the earlier version", LIMIT, || async {
+        nodes.get_opt(&name).await.unwrap()
+    })
+    .await;
+    assert_eq!(endpoint(&old).1, Some(10250));
+    ctl.stop().await;
+
+    let port = envtest::free_port().unwrap();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut after = test_config(&[&ns]);
+    after.fidelity = living;
+    after.kubelet = Some(Endpoint {
+        bind: address,
+        advertise: address,
+    });
+    let ctl = start_controller(after).await;
+    eventually(
+        "the kubelet API advertised on the old Node",
+        LIMIT,
+        || async {
+            let n = nodes.get(&name).await.unwrap();
+            (endpoint(&n) == (Some("127.0.0.1".to_string()), Some(i32::from(port)))).then_some(())
+        },
+    )
+    .await;
+    // The host's own address stays, after the kubelet API's.
+    let n = nodes.get(&name).await.unwrap();
+    let addresses = n.status.unwrap().addresses.unwrap();
+    assert_eq!(
+        addresses[1].address,
+        old.status.unwrap().addresses.unwrap()[0].address
+    );
+    ctl.stop().await;
+}
