@@ -103,28 +103,7 @@ pub async fn kubeconfig_secret(
     cluster: &str,
     data: BTreeMap<String, ByteString>,
 ) -> Result<(), kube::Error> {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(format!("{cluster}-kubeconfig")),
-            namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([(
-                CLUSTER_NAME_LABEL.to_string(),
-                cluster.to_string(),
-            )])),
-            ..Default::default()
-        },
-        type_: Some("cluster.x-k8s.io/secret".to_string()),
-        data: Some(data),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(
-            &format!("{cluster}-kubeconfig"),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .map(|_| ())
+    cluster_secret(client, ns, cluster, "kubeconfig", data).await
 }
 
 /// A CA Secret as CAPI writes it, `<cluster>-<purpose>` (`ca`, `etcd`, ...) with
@@ -136,6 +115,28 @@ pub async fn ca_secret(
     purpose: &str,
     cert_pem: &str,
     key_pem: &str,
+) -> Result<(), kube::Error> {
+    let data = BTreeMap::from([
+        (
+            "tls.crt".to_string(),
+            ByteString(cert_pem.as_bytes().to_vec()),
+        ),
+        (
+            "tls.key".to_string(),
+            ByteString(key_pem.as_bytes().to_vec()),
+        ),
+    ]);
+    cluster_secret(client, ns, cluster, purpose, data).await
+}
+
+/// A Secret CAPI keeps for a cluster, `<cluster>-<purpose>`, labelled with the cluster's
+/// name; applied whole, so a second call replaces the data (a rotation).
+async fn cluster_secret(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    purpose: &str,
+    data: BTreeMap<String, ByteString>,
 ) -> Result<(), kube::Error> {
     let name = format!("{cluster}-{purpose}");
     let secret = Secret {
@@ -149,16 +150,7 @@ pub async fn ca_secret(
             ..Default::default()
         },
         type_: Some("cluster.x-k8s.io/secret".to_string()),
-        data: Some(BTreeMap::from([
-            (
-                "tls.crt".to_string(),
-                ByteString(cert_pem.as_bytes().to_vec()),
-            ),
-            (
-                "tls.key".to_string(),
-                ByteString(key_pem.as_bytes().to_vec()),
-            ),
-        ])),
+        data: Some(data),
         ..Default::default()
     };
     Api::<Secret>::namespaced(client.clone(), ns)
