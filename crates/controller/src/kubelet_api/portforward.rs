@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::targets::{self, Target};
-use super::tls::{self, Identity, TlsError};
+use super::tls::{self, TlsError};
 use super::{KubeletApi, Resolved};
 use crate::plan::ClusterKey;
 
@@ -143,7 +143,7 @@ impl<T> Pairs<T> {
 /// The fakes' TLS material: made by this process (no CA private key is read), cached.
 pub struct Fakes {
     /// The etcd members' serving certificate (KCP does not verify it).
-    etcd_serving: Identity,
+    etcd_serving: fake_etcd::tls::Serving,
     /// Per cluster: the etcd CA's Secret version and the TLS configuration checking
     /// client certificates against it.
     etcd_tls: Mutex<HashMap<ClusterKey, (String, Arc<rustls::ServerConfig>)>>,
@@ -160,14 +160,8 @@ const CERTIFICATE_VALIDITY: jiff::SignedDuration = jiff::SignedDuration::from_ho
 
 impl Fakes {
     pub fn new() -> Result<Self, TlsError> {
-        let now = jiff::Timestamp::now();
         Ok(Self {
-            etcd_serving: tls::self_signed(
-                "etcd",
-                &["localhost".to_string()],
-                now - jiff::SignedDuration::from_hours(1),
-                now + CERTIFICATE_VALIDITY,
-            )?,
+            etcd_serving: fake_etcd::self_signed_serving(&["localhost".to_string()])?,
             etcd_tls: Mutex::default(),
             api_server_tls: Mutex::default(),
             etcd_views: Mutex::default(),
@@ -185,7 +179,7 @@ where
         .with_label_values(&["served"])
         .inc();
     api.metrics.port_forward_open.inc();
-    let _open = scopeguard(api.metrics.port_forward_open.clone());
+    let _open = GaugeGuard(api.metrics.port_forward_open.clone());
     let limits = spdy::Limits {
         idle_timeout: Some(api.limits.idle_timeout),
         max_concurrent_streams: api.limits.streams_per_session * 2,
@@ -248,10 +242,6 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-fn scopeguard(gauge: prometheus::IntGauge) -> GaugeGuard {
-    GaugeGuard(gauge)
 }
 
 /// Serves one forwarded connection.
@@ -357,8 +347,8 @@ fn etcd_tls(api: &KubeletApi, cluster: &ClusterKey) -> Result<Arc<rustls::Server
                 cluster.namespace
             )
         })?;
-    let serving = &api.fakes.etcd_serving;
-    let config = fake_etcd::server_tls(&pem.0, (serving.chain.clone(), serving.key.clone_key()))
+    let (chain, key) = &api.fakes.etcd_serving;
+    let config = fake_etcd::server_tls(&pem.0, (chain.clone(), key.clone_key()))
         .map_err(|e| format!("the etcd CA of {cluster}: {e}"))?;
     let config = Arc::new(config);
     crate::lock(&api.fakes.etcd_tls).insert(cluster.clone(), (version, config.clone()));

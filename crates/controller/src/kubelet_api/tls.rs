@@ -19,6 +19,8 @@ pub enum TlsError {
     Certificate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("the etcd members' certificate: {0}")]
+    Etcd(#[from] fake_etcd::Error),
 }
 
 /// A self-signed certificate and its key, as DER.
