@@ -425,3 +425,161 @@ async fn port_forward(
     });
     Ok(accepted.response().map(|()| Full::new(Bytes::new())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An API server does not check a kubelet's certificate either.
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// One HTTP/1.1 request over TLS, with a client certificate if given; the response's
+    /// status line.
+    async fn ask(address: SocketAddr, identity: Option<tls::Identity>, request: &str) -> String {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+        let config = match identity {
+            Some(i) => builder.with_client_auth_cert(i.chain, i.key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let name = ServerName::try_from("kubelet").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response).to_string();
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
+    fn someone() -> tls::Identity {
+        let now = jiff::Timestamp::now();
+        let day = jiff::SignedDuration::from_hours(24);
+        tls::self_signed("stranger", &[], now - day, now + day).unwrap()
+    }
+
+    const UPGRADE: &str = "POST /portForward/kube-system/etcd-x HTTP/1.1\r\nHost: k\r\n\
+        Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+        X-Stream-Protocol-Version: portforward.k8s.io\r\nContent-Length: 0\r\n\r\n";
+
+    #[tokio::test]
+    async fn odd_callers_get_clear_refusals_and_never_stop_the_listener() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let endpoint = Endpoint {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertise: "127.0.0.1:10250".parse().unwrap(),
+        };
+        let workloads = Arc::new(WorkloadClients::new(crate::workload::Settings::default()));
+        let limits = Limits {
+            handshake_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        };
+        let api = KubeletApi::new(endpoint, Vec::new(), workloads, metrics.clone(), limits);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Arc::new(api.unwrap()), async {
+            let _ = stopped.await;
+        }));
+
+        // Not TLS at all, and a client that connects and says nothing: both dropped.
+        let mut plain = tokio::net::TcpStream::connect(address).await.unwrap();
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut rest));
+        assert!(closed.await.is_ok(), "a non-TLS client is let go");
+        let _silent = tokio::net::TcpStream::connect(address).await.unwrap();
+
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n");
+        assert!(ask(address, None, &get("/healthz")).await.contains(" 200"));
+        assert!(
+            ask(address, None, &get("/containerLogs/a/b/c"))
+                .await
+                .contains(" 404")
+        );
+        // A port-forward without the SPDY upgrade, without a certificate, with a
+        // certificate no workload cluster's CA issued.
+        let no_upgrade = "POST /portForward/kube-system/etcd-x HTTP/1.1\r\nHost: k\r\n\
+            Content-Length: 0\r\nConnection: close\r\n\r\n";
+        assert!(ask(address, None, no_upgrade).await.contains(" 400"));
+        assert!(ask(address, None, UPGRADE).await.contains(" 401"));
+        assert!(
+            ask(address, Some(someone()), UPGRADE)
+                .await
+                .contains(" 403")
+        );
+        let counted = |r: &str| metrics.port_forward_sessions.with_label_values(&[r]).get();
+        assert_eq!(
+            (
+                counted("not_an_upgrade"),
+                counted("no_client_certificate"),
+                counted("unknown_caller")
+            ),
+            (1, 1, 1)
+        );
+        assert!(counted("tls_failed") >= 1);
+        // Still serving after all of that.
+        assert!(ask(address, None, &get("/healthz")).await.contains(" 200"));
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
