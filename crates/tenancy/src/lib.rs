@@ -1,0 +1,19 @@
+//! Many workload clusters on one kube-apiserver, each with a view of its own: the pure
+//! mapping between a cluster's names, objects, selectors and paths and the backing
+//! server's.
+//!
+//! The tenancy front (a proxy) and the fake kubelet endpoint both use these functions, so
+//! the two cannot disagree on how a name is mapped. Nothing here does I/O: every function
+//! takes plain data (JSON values, strings, maps) and answers a value or a typed refusal.
+//! Anything the crate does not know how to isolate is refused, never passed through.
+
+pub mod error;
+pub mod names;
+pub mod prefix;
+
+pub use error::{Error, Result};
+pub use names::{
+    CLUSTER_LABEL, DOMAIN, NameRule, backing_name, backing_namespace, backing_subject,
+    is_reserved_key, split_backing_namespace, tenant_name, tenant_namespace, tenant_subject,
+};
+pub use prefix::{Allocation, ClusterKey, MAX_ATTEMPTS, PREFIX_LEN, Prefix, allocate};
