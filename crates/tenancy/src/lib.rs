@@ -6,14 +6,27 @@
 //! the two cannot disagree on how a name is mapped. Nothing here does I/O: every function
 //! takes plain data (JSON values, strings, maps) and answers a value or a typed refusal.
 //! Anything the crate does not know how to isolate is refused, never passed through.
+//!
+//! Modules, each depending only on those above it:
+//! - [`error`]: the one error enum.
+//! - [`prefix`]: a short prefix per Cluster incarnation, allocated against a record.
+//! - [`names`]: namespaces, cluster-scoped names, RBAC subjects, reserved keys.
+//! - [`kinds`]: the resources the front isolates, and how.
+//! - [`selectors`]: label and field selectors.
 
 pub mod error;
+pub mod kinds;
 pub mod names;
 pub mod prefix;
+pub mod selectors;
 
 pub use error::{Error, Result};
+pub use kinds::{Resource, Scope, Subresource, Target};
 pub use names::{
     CLUSTER_LABEL, DOMAIN, NameRule, backing_name, backing_namespace, backing_subject,
     is_reserved_key, split_backing_namespace, tenant_name, tenant_namespace, tenant_subject,
 };
 pub use prefix::{Allocation, ClusterKey, MAX_ATTEMPTS, PREFIX_LEN, Prefix, allocate};
+pub use selectors::{
+    backing_field_selector, backing_label_selector, tenant_field_selector, tenant_label_selector,
+};
