@@ -13,11 +13,17 @@
 //! - [`names`]: namespaces, cluster-scoped names, RBAC subjects, reserved keys.
 //! - [`kinds`]: the resources the front isolates, and how.
 //! - [`selectors`]: label and field selectors.
+//! - [`rbac`]: RBAC objects stored so they grant nothing in the backing server.
+//! - [`objects`]: request bodies and answers, lists, watch events, Tables, Status.
+//! - [`paths`]: API request paths, and the kubelet's port-forward path.
 
 pub mod error;
+mod json;
 pub mod kinds;
 pub mod names;
+pub mod objects;
 pub mod prefix;
+pub mod rbac;
 pub mod selectors;
 
 pub use error::{Error, Result};
@@ -26,7 +32,12 @@ pub use names::{
     CLUSTER_LABEL, DOMAIN, NameRule, backing_name, backing_namespace, backing_subject,
     is_reserved_key, split_backing_namespace, tenant_name, tenant_namespace, tenant_subject,
 };
+pub use objects::{
+    WELL_KNOWN_NAMESPACES, from_backing, to_backing, watch_event_from_backing,
+    well_known_namespaces,
+};
 pub use prefix::{Allocation, ClusterKey, MAX_ATTEMPTS, PREFIX_LEN, Prefix, allocate};
+pub use rbac::RULES_ANNOTATION;
 pub use selectors::{
     backing_field_selector, backing_label_selector, tenant_field_selector, tenant_label_selector,
 };
