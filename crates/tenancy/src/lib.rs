@@ -22,6 +22,7 @@ mod json;
 pub mod kinds;
 pub mod names;
 pub mod objects;
+pub mod paths;
 pub mod prefix;
 pub mod rbac;
 pub mod selectors;
@@ -36,6 +37,7 @@ pub use objects::{
     WELL_KNOWN_NAMESPACES, from_backing, to_backing, watch_event_from_backing,
     well_known_namespaces,
 };
+pub use paths::{ApiPath, KubeletPortForward, ResourcePath, kubelet_port_forward};
 pub use prefix::{Allocation, ClusterKey, MAX_ATTEMPTS, PREFIX_LEN, Prefix, allocate};
 pub use rbac::RULES_ANNOTATION;
 pub use selectors::{

@@ -53,7 +53,7 @@ impl NameRule {
         }
     }
 
-    fn check(self, name: &str) -> std::result::Result<(), &'static str> {
+    pub(crate) fn check(self, name: &str) -> std::result::Result<(), &'static str> {
         if let Some(max) = self.max()
             && name.len() > max
         {
