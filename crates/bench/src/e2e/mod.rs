@@ -14,6 +14,7 @@
 
 pub mod checks;
 pub mod cluster;
+pub mod host_nudge;
 pub mod phases;
 pub mod providers;
 pub mod report;
@@ -227,6 +228,14 @@ async fn scenario(
     };
     let mut steps = Vec::new();
     let replicas = options.control_plane_replicas;
+    let nudges = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let nudging = tokio::spawn(host_nudge::run(
+        mgmt.clone(),
+        specs.iter().map(|(s, _)| s.namespace.clone()).collect(),
+        std::sync::Arc::clone(&nudges),
+    ));
+    // Stops with the scenario, whichever way it ends.
+    let _nudging = AbortOnDrop(nudging);
 
     let begun_step = Instant::now();
     bring_up(mgmt, &specs, &workloads, &mut reports, options.step_timeout).await?;
@@ -300,6 +309,7 @@ async fn scenario(
         workload_clients_before_delete: clients_before,
         kubelets_before_delete: kubelets_before,
         controllers: PROVIDERS.iter().map(|p| p.name.to_string()).collect(),
+        host_nudges: nudges.load(std::sync::atomic::Ordering::Relaxed),
         total_seconds: begun.elapsed().as_secs_f64(),
     };
     if let Some(path) = &options.report {
@@ -311,6 +321,15 @@ async fn scenario(
     }
     controller.process.kill();
     Ok(report)
+}
+
+/// Aborts a background task when the scenario returns, early or not.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A finished step, said as it ends.

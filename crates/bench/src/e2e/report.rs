@@ -73,6 +73,9 @@ pub struct Report {
     /// Its fake kubelets (one per Node it keeps alive) then; none may be left afterwards.
     pub kubelets_before_delete: Option<f64>,
     pub controllers: Vec<String>,
+    /// BareMetalHosts the harness woke from a transient state the baremetal-operator's
+    /// test mode left them in (see `host_nudge`).
+    pub host_nudges: u64,
     pub total_seconds: f64,
 }
 
@@ -122,6 +125,10 @@ pub fn render(report: &Report) -> String {
     for step in &report.steps {
         out.push_str(&format!("  step {}: {:.1}s\n", step.name, step.seconds));
     }
+    out.push_str(&format!(
+        "  hosts woken from a stalled transient state: {}\n",
+        report.host_nudges
+    ));
     for c in &report.clusters {
         if let Some(m) = &c.milestones {
             let at = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
