@@ -600,7 +600,10 @@ pub(crate) async fn request<T>(
     verb: &'static str,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
-    workload.throttle().await;
+    let waited = workload.throttle().await;
+    if !waited.is_zero() {
+        metrics.workload_server_wait.inc_by(waited.as_secs_f64());
+    }
     let started = Instant::now();
     let result = call.await;
     metrics
