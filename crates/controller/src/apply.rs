@@ -39,17 +39,25 @@ pub struct Outcome {
     pub node_since: Option<Time>,
 }
 
-/// Ensures the kubeadm-config (control planes) and then the Ready Node.
+/// Ensures the kubeadm-config (control planes) and the Ready Node.
 pub async fn ensure(
     workload: &WorkloadClient,
     desired: &Desired,
     metrics: &Metrics,
 ) -> Result<Outcome, Error> {
     let mut outcome = Outcome::default();
-    if let Some(config) = &desired.kubeadm_config {
-        outcome.kubeadm_config_created = ensure_kubeadm_config(workload, config, metrics).await?;
-    }
-    let ensured = ensure_node(workload, &desired.node, metrics).await?;
+    // The kubeadm-config does not wait for the Node: one round trip less on the latency
+    // path of a control plane's first Node.
+    let config = async {
+        match &desired.kubeadm_config {
+            Some(config) => ensure_kubeadm_config(workload, config, metrics).await,
+            None => Ok(false),
+        }
+    };
+    let (config, ensured) =
+        futures::future::join(config, ensure_node(workload, &desired.node, metrics)).await;
+    outcome.kubeadm_config_created = config?;
+    let ensured = ensured?;
     outcome.node_created = ensured.created;
     outcome.status_repaired = ensured.repaired;
     outcome.node_uid = ensured.uid;
@@ -85,8 +93,9 @@ struct EnsuredNode {
     since: Option<Time>,
 }
 
-/// Creates the Node and sets its status through the status subresource (a create ignores
-/// status).
+/// Creates the Node with its status, as a kubelet registers: the API server keeps a
+/// Node's status on create (unlike most kinds). An existing Node of ours that is not Ready
+/// gets its status set through the status subresource.
 async fn ensure_node(
     workload: &WorkloadClient,
     node: &Node,
@@ -95,11 +104,7 @@ async fn ensure_node(
     let api: Api<Node> = Api::all(workload.client.clone());
     let name = node.metadata.name.clone().unwrap_or_default();
     let wanted = host_uid(node).unwrap_or_default().to_string();
-    let body = Node {
-        status: None,
-        ..node.clone()
-    };
-    let created = create_unless_exists(workload, metrics, &api, &body).await?;
+    let created = create_unless_exists(workload, metrics, &api, node).await?;
     let (existing, created_at) = match created {
         Some(n) => {
             let at = n.metadata.creation_timestamp.clone();
@@ -120,7 +125,8 @@ async fn ensure_node(
             (existing, None)
         }
     };
-    if created_at.is_some() || !is_ready(&existing) {
+    // A server that dropped the status on create is answered like a Node found not Ready.
+    if !is_ready(&existing) {
         set_status(workload, metrics, &api, &name, &node.status).await?;
     } else if let Some(patch) = desired_endpoint(node)
         .and_then(|(addresses, port)| endpoint_patch(&existing, &addresses, port))
@@ -600,7 +606,10 @@ pub(crate) async fn request<T>(
     verb: &'static str,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
-    workload.throttle().await;
+    let waited = workload.throttle().await;
+    if !waited.is_zero() {
+        metrics.workload_server_wait.inc_by(waited.as_secs_f64());
+    }
     let started = Instant::now();
     let result = call.await;
     metrics

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
-use crate::workload::{ServerRewrite, Settings};
+use crate::workload::{self, ServerRewrite, Settings, non_zero};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,13 +53,26 @@ pub struct RunArgs {
     #[arg(long, env = "FAKENODE_KUBE_BURST", default_value = "100")]
     pub kube_burst: NonZeroU32,
 
-    /// Requests per second to each workload cluster.
-    #[arg(long, env = "FAKENODE_WORKLOAD_QPS", default_value = "20")]
+    /// Requests per second of each fake kubelet (Node), as a kubelet's kubeAPIQPS.
+    #[arg(long, env = "FAKENODE_KUBELET_QPS", default_value_t = non_zero(workload::KUBELET_QPS))]
+    pub kubelet_qps: NonZeroU32,
+
+    /// Burst above --kubelet-qps, as a kubelet's kubeAPIBurst.
+    #[arg(long, env = "FAKENODE_KUBELET_BURST", default_value_t = non_zero(workload::KUBELET_BURST))]
+    pub kubelet_burst: NonZeroU32,
+
+    /// Cap on the requests per second to one workload cluster, all its kubelets together.
+    /// The API server's Retry-After (429 from API Priority and Fairness) slows them first.
+    #[arg(long, env = "FAKENODE_WORKLOAD_QPS", default_value_t = non_zero(workload::CLUSTER_QPS))]
     pub workload_qps: NonZeroU32,
 
     /// Burst above --workload-qps.
-    #[arg(long, env = "FAKENODE_WORKLOAD_BURST", default_value = "40")]
+    #[arg(long, env = "FAKENODE_WORKLOAD_BURST", default_value_t = non_zero(workload::CLUSTER_BURST))]
     pub workload_burst: NonZeroU32,
+
+    /// The longest wait a workload API server's Retry-After is obeyed for.
+    #[arg(long, env = "FAKENODE_WORKLOAD_MAX_RETRY_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub workload_max_retry_after: Duration,
 
     /// Connect timeout for workload API servers (e.g. 5s, 500ms).
     #[arg(long, env = "FAKENODE_WORKLOAD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -274,6 +287,9 @@ impl RunArgs {
             request_timeout: self.workload_request_timeout,
             qps: self.workload_qps,
             burst: self.workload_burst,
+            kubelet_qps: self.kubelet_qps,
+            kubelet_burst: self.kubelet_burst,
+            max_retry_after: self.workload_max_retry_after,
             rewrites: self.workload_server_rewrites.clone(),
         }
     }

@@ -1178,6 +1178,8 @@ async fn register(
             return Ok(());
         }
     }
+    // From here on the requests are the kubelet's of this Node: its own budget.
+    let workload = workload.for_kubelet(&node);
     if let Some(machine) = &steps.annotate_certificates {
         certificate_expiry::annotate(
             &shared.client,

@@ -577,6 +577,7 @@ async fn post(workload: &WorkloadClient, due: &Due, metrics: &Metrics) -> Outcom
     if due.guard.is_retired() {
         return Outcome::Retired;
     }
+    let workload = &workload.for_kubelet(&due.node);
     let result = match due.step {
         Step::Heartbeat => {
             apply::heartbeat(workload, &due.node, &due.node_uid, &due.lease, metrics).await

@@ -3,7 +3,7 @@
 //! at 10,000 clusters.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -50,6 +50,8 @@ pub struct Metrics {
     pub workload_clients: IntGauge,
     pub workload_requests: IntCounterVec,
     pub workload_request_duration: HistogramVec,
+    /// Time requests held back because a workload API server asked to retry later.
+    pub workload_server_wait: Counter,
     pub events_dropped: IntCounter,
     /// 1 while this replica leads (or when leader election is off), 0 on standby.
     pub leader: IntGauge,
@@ -164,6 +166,11 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["verb"],
             )?,
+            workload_server_wait: Counter::new(
+                "fakenode_workload_server_wait_seconds_total",
+                "Seconds requests to workload API servers waited because a server answered \
+                 429 or 503 with Retry-After (API Priority and Fairness setting the pace).",
+            )?,
             events_dropped: IntCounter::new(
                 "fakenode_events_dropped_total",
                 "Kubernetes Events dropped because the publishing queue was full.",
@@ -269,6 +276,7 @@ impl Metrics {
         r.register(Box::new(self.workload_clients.clone()))?;
         r.register(Box::new(self.workload_requests.clone()))?;
         r.register(Box::new(self.workload_request_duration.clone()))?;
+        r.register(Box::new(self.workload_server_wait.clone()))?;
         r.register(Box::new(self.events_dropped.clone()))?;
         r.register(Box::new(self.leader.clone()))?;
         r.register(Box::new(self.missing_permissions.clone()))?;

@@ -1,7 +1,14 @@
 //! Clients for the workload clusters, built from their CAPI kubeconfig Secrets: one per
 //! cluster, cached, rebuilt as soon as the Secret's kubeconfig changes (rotation), each with
-//! its own connect/request timeouts and rate limit so that one dead or slow workload
-//! cluster never holds up the others.
+//! its own connect/request timeouts so that one dead or slow workload cluster never holds
+//! up the others.
+//!
+//! Request budgets are a kubelet's: every fake kubelet (Node) has a rate limit of its own,
+//! as each real kubelet has its own client (`kubeAPIQPS`/`kubeAPIBurst`), so that the hosts
+//! of one cluster register in parallel as booting hosts do. A cluster-wide cap above them
+//! bounds what one cluster's kubelets send together, and the API server sets the pace: an
+//! answer with `Retry-After` (API Priority and Fairness' 429, a 503) holds every request to
+//! that cluster until then.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -10,8 +17,9 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use kube::Client;
+use kube::client::ClientBuilder;
 use kube::client::RustlsTlsError;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
 use secrecy::ExposeSecret;
@@ -49,9 +57,29 @@ impl std::str::FromStr for ServerRewrite {
 pub struct Settings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// The cluster-wide cap: all requests to one workload cluster together.
     pub qps: NonZeroU32,
     pub burst: NonZeroU32,
+    /// Each fake kubelet's own budget.
+    pub kubelet_qps: NonZeroU32,
+    pub kubelet_burst: NonZeroU32,
+    /// The longest a server's `Retry-After` is obeyed: a server asking for an hour must
+    /// not stop a cluster's kubelets for an hour.
+    pub max_retry_after: Duration,
     pub rewrites: Vec<ServerRewrite>,
+}
+
+/// A kubelet's defaults (`kubeAPIQPS` 50, `kubeAPIBurst` 100).
+pub const KUBELET_QPS: u32 = 50;
+pub const KUBELET_BURST: u32 = 100;
+/// The cluster-wide cap's defaults: high enough that a scale-up of one cluster (hundreds of
+/// hosts registering at once) is paced by the API server, not by this cap.
+pub const CLUSTER_QPS: u32 = 1000;
+pub const CLUSTER_BURST: u32 = 2000;
+
+/// A count from a constant known to be above zero.
+pub fn non_zero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 impl Default for Settings {
@@ -59,25 +87,114 @@ impl Default for Settings {
         Self {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
-            qps: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
-            burst: NonZeroU32::new(40).unwrap_or(NonZeroU32::MIN),
+            qps: non_zero(CLUSTER_QPS),
+            burst: non_zero(CLUSTER_BURST),
+            kubelet_qps: non_zero(KUBELET_QPS),
+            kubelet_burst: non_zero(KUBELET_BURST),
+            max_retry_after: Duration::from_secs(30),
             rewrites: Vec::new(),
         }
     }
 }
 
-/// A client for one workload cluster, with the rate limit every request must pass.
+/// Until when a workload API server asked every client to wait, shared by the cluster's
+/// requests.
+#[derive(Debug, Default)]
+struct ServerPause {
+    until: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl ServerPause {
+    fn hold(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut current = crate::lock(&self.until);
+        if current.is_none_or(|c| c < until) {
+            *current = Some(until);
+        }
+    }
+
+    /// Sleeps until the pause is over; how long it slept.
+    async fn wait(&self) -> Duration {
+        let mut slept = Duration::ZERO;
+        loop {
+            let until = *crate::lock(&self.until);
+            let now = tokio::time::Instant::now();
+            match until {
+                // Another answer may have extended the pause meanwhile: look again.
+                Some(until) if until > now => {
+                    tokio::time::sleep_until(until).await;
+                    slept += until - now;
+                }
+                _ => return slept,
+            }
+        }
+    }
+}
+
+/// The wait a workload API server asks for: `Retry-After` in seconds on a 429 or a 503
+/// (the API server's own form; an HTTP date is not used by it and is ignored), at most
+/// `max`.
+pub fn retry_after(
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    max: Duration,
+) -> Option<Duration> {
+    if status != http::StatusCode::TOO_MANY_REQUESTS
+        && status != http::StatusCode::SERVICE_UNAVAILABLE
+    {
+        return None;
+    }
+    let seconds: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(max))
+}
+
+/// A client for one workload cluster, with the budgets every request must pass.
 #[derive(Clone)]
 pub struct WorkloadClient {
     pub cluster: ClusterKey,
     pub client: Client,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    cluster_limiter: Arc<DefaultDirectRateLimiter>,
+    kubelet_limiters: Arc<DefaultKeyedRateLimiter<String>>,
+    /// The fake kubelet this client speaks for, if any: its requests also pass its budget.
+    kubelet: Option<Arc<str>>,
+    pause: Arc<ServerPause>,
 }
 
+/// Kubelet budgets kept before the idle ones are dropped (an idle budget is a fresh one).
+const KUBELET_LIMITERS_KEPT: usize = 1024;
+
 impl WorkloadClient {
-    /// Waits for the cluster's rate limit; call before every request.
-    pub async fn throttle(&self) {
-        self.limiter.until_ready().await;
+    /// The same client, speaking for the kubelet of `node`.
+    pub fn for_kubelet(&self, node: &str) -> WorkloadClient {
+        if self.kubelet_limiters.len() > KUBELET_LIMITERS_KEPT {
+            self.kubelet_limiters.retain_recent();
+            self.kubelet_limiters.shrink_to_fit();
+        }
+        WorkloadClient {
+            kubelet: Some(Arc::from(node)),
+            ..self.clone()
+        }
+    }
+
+    /// Waits until the server's pause is over, then for the kubelet's budget and the
+    /// cluster's cap; call before every request. Returns the time spent in the server's
+    /// pause.
+    pub async fn throttle(&self) -> Duration {
+        let paused = self.pause.wait().await;
+        if let Some(kubelet) = &self.kubelet {
+            // Keyed by owned String: the limiter's key type.
+            self.kubelet_limiters
+                .until_key_ready(&kubelet.to_string())
+                .await;
+        }
+        self.cluster_limiter.until_ready().await;
+        paused
     }
 }
 
@@ -114,12 +231,19 @@ impl WorkloadClients {
         {
             return Ok(entry.client.clone());
         }
+        let pause = Arc::new(ServerPause::default());
         let client = WorkloadClient {
             cluster: cluster.clone(),
-            client: build_client(source, &self.settings).await?,
-            limiter: Arc::new(RateLimiter::direct(
+            client: build_client(source, &self.settings, &pause).await?,
+            cluster_limiter: Arc::new(RateLimiter::direct(
                 Quota::per_second(self.settings.qps).allow_burst(self.settings.burst),
             )),
+            kubelet_limiters: Arc::new(RateLimiter::keyed(
+                Quota::per_second(self.settings.kubelet_qps)
+                    .allow_burst(self.settings.kubelet_burst),
+            )),
+            kubelet: None,
+            pause,
         };
         self.lock().insert(
             cluster.clone(),
@@ -301,7 +425,11 @@ fn describe_client_error(e: &kube::Error) -> String {
     }
 }
 
-async fn build_client(source: &KubeconfigSource, settings: &Settings) -> Result<Client, Error> {
+async fn build_client(
+    source: &KubeconfigSource,
+    settings: &Settings,
+    pause: &Arc<ServerPause>,
+) -> Result<Client, Error> {
     let kubeconfig = parse_kubeconfig(source)?;
     let unusable = |message: String| Error::KubeconfigUnusable {
         secret: source.secret.clone(),
@@ -320,7 +448,19 @@ async fn build_client(source: &KubeconfigSource, settings: &Settings) -> Result<
     // Retries are the controller's: a requeue with backoff frees the worker, where an
     // in-client retry of a throttling or failing cluster would hold it.
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| unusable(describe_client_error(&e)))
+    let builder =
+        ClientBuilder::try_from(config).map_err(|e| unusable(describe_client_error(&e)))?;
+    // Every answer passes here, whichever request it ends: a server's Retry-After holds
+    // the cluster's next requests.
+    let pause = Arc::clone(pause);
+    let max = settings.max_retry_after;
+    let observe = tower::util::MapResponseLayer::new(move |response: http::Response<_>| {
+        if let Some(wait) = retry_after(response.status(), response.headers(), max) {
+            pause.hold(wait);
+        }
+        response
+    });
+    Ok(builder.with_layer(&observe).build())
 }
 
 /// Applies the first matching rewrite. The TLS server name stays the original host, since
@@ -422,6 +562,89 @@ current-context: admin@c
 ";
 
     #[test]
+    fn retry_after_is_read_from_throttling_answers_only_and_bounded() {
+        use http::{HeaderMap, HeaderValue, StatusCode};
+        let max = Duration::from_secs(30);
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static(v));
+            h
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(
+            retry_after(StatusCode::TOO_MANY_REQUESTS, &with("3"), max),
+            secs(3)
+        );
+        assert_eq!(
+            retry_after(StatusCode::SERVICE_UNAVAILABLE, &with(" 1 "), max),
+            secs(1)
+        );
+        assert_eq!(
+            retry_after(StatusCode::TOO_MANY_REQUESTS, &with("3600"), max),
+            secs(30)
+        );
+        assert_eq!(retry_after(StatusCode::OK, &with("3"), max), None);
+        assert_eq!(retry_after(StatusCode::CONFLICT, &with("3"), max), None);
+        assert_eq!(
+            retry_after(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), max),
+            None
+        );
+        for odd in ["-1", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", "1.5", ""] {
+            assert_eq!(
+                retry_after(StatusCode::TOO_MANY_REQUESTS, &with(odd), max),
+                None,
+                "{odd:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_pause_holds_until_its_latest_end() {
+        let pause = ServerPause::default();
+        assert_eq!(pause.wait().await, Duration::ZERO);
+        pause.hold(Duration::from_secs(2));
+        // A shorter pause asked later does not shorten it.
+        pause.hold(Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        assert_eq!(pause.wait().await, Duration::from_secs(2));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(pause.wait().await, Duration::ZERO, "over once passed");
+    }
+
+    #[tokio::test]
+    async fn each_kubelet_spends_its_own_budget() {
+        let settings = Settings {
+            kubelet_qps: non_zero(1),
+            kubelet_burst: non_zero(2),
+            ..Settings::default()
+        };
+        let clients = WorkloadClients::new(settings);
+        let cluster = ClusterKey {
+            namespace: "ns".into(),
+            name: "c".into(),
+        };
+        let client = clients.client(&cluster, &source(GOOD)).await.unwrap();
+        let (a, b) = (client.for_kubelet("node-a"), client.for_kubelet("node-b"));
+        let soon = Duration::from_millis(200);
+        for _ in 0..2 {
+            a.throttle().await;
+        }
+        assert!(
+            tokio::time::timeout(soon, a.throttle()).await.is_err(),
+            "node-a spent its burst: its next request waits"
+        );
+        for _ in 0..2 {
+            tokio::time::timeout(soon, b.throttle())
+                .await
+                .expect("node-b has a budget of its own");
+        }
+        // The controller's own requests (no kubelet) pass the cluster's cap only.
+        for _ in 0..10 {
+            tokio::time::timeout(soon, client.throttle()).await.unwrap();
+        }
+    }
+
+    #[test]
     fn a_good_kubeconfig_parses() {
         let kc = parse_kubeconfig(&source(GOOD)).unwrap();
         assert_eq!(kc.current_context.as_deref(), Some("admin@c"));
@@ -470,7 +693,7 @@ current-context: admin@c
             &format!("certificate-authority-data: '{}'", b64(&ca)),
         );
         assert!(
-            build_client(&source(&inline), &Settings::default())
+            build_client(&source(&inline), &Settings::default(), &Arc::default())
                 .await
                 .is_ok()
         );
@@ -478,7 +701,7 @@ current-context: admin@c
             "certificate-authority-data: ''",
             &format!("certificate-authority: '{}'", file.path().display()),
         );
-        let e = build_client(&source(&path), &Settings::default())
+        let e = build_client(&source(&path), &Settings::default(), &Arc::default())
             .await
             .err()
             .expect("a Secret named a local file and it was read");
@@ -489,7 +712,7 @@ current-context: admin@c
     #[tokio::test]
     async fn a_kubeconfig_without_a_usable_context_is_unusable() {
         let no_context = GOOD.replace("current-context: admin@c", "current-context: nope");
-        let e = build_client(&source(&no_context), &Settings::default())
+        let e = build_client(&source(&no_context), &Settings::default(), &Arc::default())
             .await
             .err()
             .unwrap();
@@ -506,19 +729,19 @@ current-context: admin@c
         let a = clients.client(&key, &source(GOOD)).await.unwrap();
         let b = clients.client(&key, &source(GOOD)).await.unwrap();
         assert!(
-            Arc::ptr_eq(&a.limiter, &b.limiter),
+            Arc::ptr_eq(&a.cluster_limiter, &b.cluster_limiter),
             "same kubeconfig, same client"
         );
         let rotated = GOOD.replace("token: abc", "token: def");
         let c = clients.client(&key, &source(&rotated)).await.unwrap();
         assert!(
-            !Arc::ptr_eq(&a.limiter, &c.limiter),
+            !Arc::ptr_eq(&a.cluster_limiter, &c.cluster_limiter),
             "rotated kubeconfig, new client"
         );
         assert_eq!(clients.len(), 1);
         assert!(Arc::ptr_eq(
-            &clients.cached(&key).unwrap().limiter,
-            &c.limiter
+            &clients.cached(&key).unwrap().cluster_limiter,
+            &c.cluster_limiter
         ));
         assert_eq!(clients.clusters(), std::slice::from_ref(&key));
         clients.forget(&key);
@@ -738,14 +961,18 @@ current-context: context-zq7secret
             secret: "ns/c-kubeconfig".into(),
             value: ByteString(MARKED.as_bytes().to_vec()),
         };
-        assert!(build_client(&marked, &Settings::default()).await.is_ok());
+        assert!(
+            build_client(&marked, &Settings::default(), &Arc::default())
+                .await
+                .is_ok()
+        );
         let mut leaks = Vec::new();
         for (what, value, settings) in marked_variants() {
             let source = KubeconfigSource {
                 secret: "ns/c-kubeconfig".into(),
                 value: ByteString(value),
             };
-            let Err(e) = build_client(&source, &settings).await else {
+            let Err(e) = build_client(&source, &settings, &Arc::default()).await else {
                 panic!("{what}: accepted");
             };
             let message = e.to_string();

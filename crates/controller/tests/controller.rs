@@ -380,6 +380,65 @@ async fn a_dead_workload_cluster_does_not_hold_up_the_others() {
     ctl.stop().await;
 }
 
+/// A workload API server that answers 429 with Retry-After (as API Priority and Fairness
+/// does) sets the pace: the controller sends that cluster nothing until then, and in the
+/// end every Node is there once.
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn a_server_asking_to_retry_later_is_obeyed_and_nothing_is_lost() {
+    let env = common::env().await;
+    let mgmt = env.management.client().await.unwrap();
+    let ns = unique("retry-after");
+    world::namespace(&mgmt, &ns).await.unwrap();
+    let server = &env.workloads[1];
+    cluster(&mgmt, &ns, &ns, &admin_yaml(server)).await;
+    // Longer than any requeue of the test configuration (at most 2 s): a retry that came
+    // sooner would not have waited for the server.
+    const RETRY_AFTER: u32 = 4;
+    let (url, ca, arrivals) = webhook::throttle_first(2, RETRY_AFTER).await;
+    let throttled = format!("{ns}-0");
+    node_webhook(server, &throttled, &url, Some(&ca)).await;
+    let mut machines = Vec::new();
+    for i in 0..5 {
+        let spec = MachineSpec::new(&ns, &format!("{ns}-{i}"), false);
+        machines.push(world::machine(&mgmt, &ns, &spec).await.unwrap());
+    }
+    let ctl = start_controller(test_config(&[&ns])).await;
+    for m in &machines {
+        ready_node(server, m).await;
+    }
+    let seen = arrivals.lock().unwrap().clone();
+    let denied = seen.iter().filter(|(_, denied)| *denied).count();
+    assert_eq!(denied, 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "two refusals, then the Node: {seen:?}");
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_secs(RETRY_AFTER.into()),
+            "a retry {gap:?} after a 429 asking for {RETRY_AFTER}s"
+        );
+    }
+    assert!(ctl.errors("workload_throttled") >= 2);
+    assert!(
+        ctl.metrics.workload_server_wait.get() > 0.0,
+        "the wait is counted"
+    );
+    // Nothing lost, nothing twice.
+    let ours = Api::<Node>::all(server.client().await.unwrap())
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&metal3_fakenode::fake::node::cluster_selector(&ns, &ns)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ours.items.len(), machines.len());
+    assert_eq!(ctl.metrics.nodes_created.get(), machines.len() as u64);
+    ctl.stop().await;
+}
+
 /// The bad inputs of the issue, each next to the others and to a healthy machine: each
 /// gets its typed reason as a Warning Event and a metric, and no Node; the healthy
 /// machine is not held up; nothing spins.
