@@ -13,14 +13,23 @@
 //! - [`plan`]: which listeners to start and stop (pure).
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
 //! - [`discovery`], [`request`], [`watch`]: the pure halves of proxying.
+//! - [`proxy`]: one cluster's requests through the backing server.
+//! - [`listener`]: one cluster's TLS listener.
+//! - [`front`]: observe → plan → apply over all clusters.
+//! - [`cli`]: the binary's arguments and its run.
 
+pub mod cli;
 pub mod clusters;
 pub mod discovery;
 pub mod error;
+pub mod front;
+pub mod listener;
 pub mod plan;
+pub mod proxy;
 pub mod request;
 pub mod tls;
 pub mod watch;
 
 pub use clusters::{ServedCluster, parse_cluster_list};
 pub use error::{Error, Result};
+pub use front::{Endpoint, Front, Outcome};
