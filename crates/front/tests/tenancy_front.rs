@@ -49,6 +49,7 @@ impl Tenant {
 /// dropped after what uses them).
 struct Bench {
     front: Front,
+    served: Vec<ServedCluster>,
     a: Tenant,
     b: Tenant,
     backing: ApiServer,
@@ -102,6 +103,7 @@ async fn bench() -> Bench {
     let a = tenants.pop().unwrap();
     Bench {
         front,
+        served,
         a,
         b,
         backing,
@@ -364,7 +366,12 @@ async fn two_clusters_on_one_api_server_each_see_only_their_own_objects() {
         status_code(services.list(&ListParams::default()).await),
         404
     );
-    drop(bench.front);
+
+    // A cluster no longer served loses its endpoint; the other keeps its own.
+    let outcome = bench.front.reconcile(&bench.served[..1]).await;
+    assert!(outcome.refused.is_empty() && outcome.failed.is_empty());
+    assert!(bench.b.client.apiserver_version().await.is_err());
+    assert!(bench.a.client.apiserver_version().await.is_ok());
 }
 
 #[tokio::test]
@@ -541,5 +548,4 @@ async fn a_cluster_cannot_break_out_of_its_view() {
         let answer = reviews.create(&pp, &review).await.unwrap();
         assert!(!answer.status.unwrap().allowed, "{user:?} may list Secrets");
     }
-    drop(bench.front);
 }
