@@ -12,7 +12,8 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
 use metal3_fakenode_testkit::envtest::certs::{CertAndKey, ClusterCa};
 use metal3_fakenode_testkit::envtest::{self, ApiServer, Assets, Etcd};
@@ -303,6 +304,37 @@ async fn two_clusters_on_one_api_server_each_see_only_their_own_objects() {
     assert_eq!(watch_a.await.unwrap(), ["node-a"]);
     assert_eq!(watch_b.await.unwrap(), ["node-b"]);
 
+    // The kubelet's status update, and drain's eviction, reach only the cluster's own.
+    let a_nodes: Api<Node> = Api::all(bench.a.client.clone());
+    let ready = json!({"status": {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready"},
+    ]}});
+    let updated = a_nodes
+        .patch_status("node-0", &PatchParams::default(), &Patch::Merge(ready))
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.status.unwrap().conditions.unwrap()[0].type_,
+        "Ready"
+    );
+    let b_node = Api::<Node>::all(bench.b.client.clone())
+        .get("node-0")
+        .await
+        .unwrap();
+    assert!(b_node.status.and_then(|s| s.conditions).is_none());
+    Api::<Pod>::namespaced(bench.a.client.clone(), "apps")
+        .evict("web", &EvictParams::default())
+        .await
+        .unwrap();
+    for (t, evicted) in [(&bench.a, true), (&bench.b, false)] {
+        let web = Api::<Pod>::namespaced(t.client.clone(), "apps")
+            .get_opt("web")
+            .await
+            .unwrap();
+        let terminating = web.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        assert_eq!(terminating, evicted, "cluster {}", t.name);
+    }
+
     // The server's own paths and discovery, as a real API server answers them.
     let client = &bench.a.client;
     let version = client.apiserver_version().await.unwrap();
@@ -548,4 +580,86 @@ async fn a_cluster_cannot_break_out_of_its_view() {
         let answer = reviews.create(&pp, &review).await.unwrap();
         assert!(!answer.status.unwrap().allowed, "{user:?} may list Secrets");
     }
+}
+
+/// Kills the front's process when the test ends, however it ends.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn the_binary_serves_the_clusters_of_its_file() {
+    let assets = Assets::from_env().unwrap();
+    let etcd = Etcd::start(&assets).await.unwrap();
+    let backing = ApiServer::start(&assets, &etcd, "backing").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("backing.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        envtest::kubeconfig_yaml(&backing.admin_kubeconfig()).unwrap(),
+    )
+    .unwrap();
+    let ca = ClusterCa::new("c-ca").unwrap();
+    let port = envtest::free_port().unwrap();
+    let clusters = dir.path().join("clusters.yaml");
+    let list = json!({"clusters": [{
+        "cluster": {"namespace": "metal3", "name": "c", "uid": "uid-c"},
+        "listen": format!("127.0.0.1:{port}"),
+        "hosts": ["127.0.0.1"],
+        "caCert": ca.cert_pem(),
+        "caKey": ca.key_pem(),
+    }]});
+    std::fs::write(&clusters, list.to_string()).unwrap();
+    let _front = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_metal3-fakenode-front"))
+            .arg("--backing-kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--clusters")
+            .arg(&clusters)
+            .arg("--log")
+            .arg("warn")
+            .spawn()
+            .unwrap(),
+    );
+
+    let cert = ca.client_cert("admin", Some("system:masters")).unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let client = envtest::client_for(&envtest::kubeconfig(
+        "c",
+        &url,
+        &ca.cert_pem(),
+        "admin",
+        &cert,
+    ))
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.apiserver_version().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the front never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Api::<Node>::all(client)
+        .create(&PostParams::default(), &node("node-0", "c"))
+        .await
+        .unwrap();
+    // A front started afresh gives a Cluster the first candidate of its UID.
+    let prefix = tenancy::allocate(&key("c"), &Default::default())
+        .unwrap()
+        .prefix;
+    Api::<Node>::all(backing.client().await.unwrap())
+        .get(&format!("{prefix}-node-0"))
+        .await
+        .unwrap();
 }
