@@ -46,6 +46,56 @@ impl Tenant {
     }
 }
 
+/// A GET over HTTP/2 (negotiated by ALPN, as Go clients do) with `cert`: the status, the
+/// body and the protocol agreed.
+async fn h2_get(
+    t: &Tenant,
+    cert: &CertAndKey,
+    path: &str,
+    accept: &str,
+) -> (http::StatusCode, String) {
+    use http_body_util::{BodyExt, Empty};
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(t.ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("{}{path}", t.url()))
+        .header("Accept", accept)
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
 /// The front and its two clusters, with the backing server and its etcd (declared last:
 /// dropped after what uses them).
 struct Bench {
@@ -334,6 +384,42 @@ async fn two_clusters_on_one_api_server_each_see_only_their_own_objects() {
         let terminating = web.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
         assert_eq!(terminating, evicted, "cluster {}", t.name);
     }
+
+    // Over HTTP/2, as Go clients speak: a protobuf list comes as JSON, a watch from the
+    // start streams the cluster's own Nodes only, and ends when the server's timeout does.
+    let admin = bench.a.ca.client_cert("admin", None).unwrap();
+    let (status, list) = h2_get(
+        &bench.a,
+        &admin,
+        "/api/v1/nodes",
+        "application/vnd.kubernetes.protobuf, application/json",
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["kind"], "NodeList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    let (status, events) = h2_get(
+        &bench.a,
+        &admin,
+        "/api/v1/nodes?watch=true&resourceVersion=0&timeoutSeconds=2",
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, 200, "{events}");
+    let mut watched: Vec<String> = events
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|event| event["type"] == "ADDED")
+        .map(|event| {
+            event["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    watched.sort();
+    assert_eq!(watched, ["node-0", "node-a"]);
 
     // The server's own paths and discovery, as a real API server answers them.
     let client = &bench.a.client;
