@@ -197,6 +197,65 @@ mod tests {
     }
 
     #[test]
+    fn reasons_lists_every_variant_of_the_fronts_own_once() {
+        let io = || std::io::Error::other("x");
+        let s = String::new;
+        let all = [
+            Error::Answer(tenancy::Error::UnknownWatchEvent { kind: s() }),
+            Error::MethodNotAllowed {
+                method: s(),
+                what: "",
+            },
+            Error::UnsupportedMediaType {
+                content_type: s(),
+                why: "",
+            },
+            Error::UnsupportedQuery { name: s() },
+            Error::BadBody(s()),
+            Error::BodyTooLarge { max: 0 },
+            Error::NotImplemented { what: "" },
+            Error::PatchConflict { attempts: 0 },
+            Error::Backing(kube::Error::ReadEvents(io())),
+            Error::BackingNotJson {
+                status: 0,
+                message: s(),
+            },
+            Error::BackingRefused {
+                what: "",
+                status: 0,
+                message: s(),
+            },
+            Error::Ca {
+                cluster: s(),
+                message: s(),
+            },
+            Error::Certificate(rcgen::Error::CouldNotParseCertificate),
+            Error::Tls(rustls::Error::General(s())),
+            Error::Bind {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                source: io(),
+            },
+            Error::Kubeconfig(kube::config::KubeconfigError::CurrentContextNotSet),
+            Error::ReadFile {
+                path: s(),
+                source: io(),
+            },
+            Error::ClusterList {
+                path: s(),
+                message: s(),
+            },
+        ];
+        let reasons: Vec<&str> = all.iter().map(Error::reason).collect();
+        assert_eq!(reasons, Error::REASONS);
+        for reason in tenancy::Error::REASONS {
+            assert!(
+                !Error::REASONS.contains(reason),
+                "{reason} means two things"
+            );
+        }
+    }
+
+    #[test]
     fn a_refused_answer_is_the_servers_fault_not_the_clients() {
         let answer = Error::Answer(tenancy::Error::ForeignName {
             what: "Node",

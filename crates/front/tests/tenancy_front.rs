@@ -564,6 +564,19 @@ async fn a_cluster_cannot_break_out_of_its_view() {
         .unwrap();
     assert_eq!(patched.metadata.labels.unwrap()["role"], "control-plane");
 
+    // Nor can a write set it, nor a selector choose another cluster by it.
+    let labelled: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "moved", "labels": {CLUSTER_LABEL: b.prefix.as_str()}},
+    }))
+    .unwrap();
+    let a_default: Api<ConfigMap> = Api::namespaced(a.client.clone(), "default");
+    assert_eq!(status_code(a_default.create(&pp, &labelled).await), 403);
+    let by_label = format!("{CLUSTER_LABEL}={}", b.prefix);
+    let listed = Api::<Node>::all(a.client.clone())
+        .list(&ListParams::default().labels(&by_label))
+        .await;
+    assert_eq!(status_code(listed), 403);
+
     // A field selector naming cluster b's backing namespace finds nothing of b.
     Api::<ConfigMap>::namespaced(b.client.clone(), "kube-system")
         .create(&pp, &config_map("kube-system", "only-b", "b"))
