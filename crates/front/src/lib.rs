@@ -11,6 +11,8 @@
 //! - [`error`]: the one error enum, and the `Status` a client reads.
 //! - [`clusters`]: the served clusters as data.
 //! - [`plan`]: which listeners to start and stop (pure).
+//! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure; the
+//!   Cluster watcher that feeds it is still to come).
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
 //! - [`discovery`], [`request`], [`watch`]: the pure halves of proxying.
 //! - [`proxy`]: one cluster's requests through the backing server.
@@ -24,6 +26,7 @@ pub mod discovery;
 pub mod error;
 pub mod front;
 pub mod listener;
+pub mod observe;
 pub mod plan;
 pub mod proxy;
 pub mod request;
