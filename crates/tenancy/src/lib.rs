@@ -30,8 +30,9 @@ pub mod selectors;
 pub use error::{Error, Result};
 pub use kinds::{Resource, Scope, Subresource, Target};
 pub use names::{
-    CLUSTER_LABEL, DOMAIN, NameRule, backing_name, backing_namespace, backing_subject,
-    is_reserved_key, split_backing_namespace, tenant_name, tenant_namespace, tenant_subject,
+    CLUSTER_LABEL, DOMAIN, NameRule, PREFIX_ANNOTATION, backing_name, backing_namespace,
+    backing_subject, is_reserved_key, split_backing_namespace, tenant_name, tenant_namespace,
+    tenant_subject,
 };
 pub use objects::{
     WELL_KNOWN_NAMESPACES, from_backing, to_backing, watch_event_from_backing,

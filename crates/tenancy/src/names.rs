@@ -15,6 +15,11 @@ pub const DOMAIN: &str = "tenancy.fakenode.metal3.io";
 /// every write, required and removed on every read, and selected on every list.
 pub const CLUSTER_LABEL: &str = "tenancy.fakenode.metal3.io/cluster";
 
+/// The annotation on a CAPI Cluster (in the management cluster) recording the prefix the
+/// front serves it under: the front's record of its allocations, and how the fake kubelet
+/// endpoint tells, from a backing namespace in a port-forward path, which cluster it is.
+pub const PREFIX_ANNOTATION: &str = "tenancy.fakenode.metal3.io/prefix";
+
 /// Label values are at most 63 characters; a prefix is far shorter, so always fits.
 pub const LABEL_VALUE_MAX: usize = 63;
 
