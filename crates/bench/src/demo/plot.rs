@@ -109,11 +109,11 @@ mod tests {
         super::write_svg(&path, &ready, &ready).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         // Each label is a text element's line of its own.
-        let labels: Vec<&str> = svg
-            .lines()
-            .filter(|l| l.parse::<f64>().is_ok())
-            .collect();
-        assert!(labels.contains(&"200") && labels.contains(&"0.2"), "{labels:?}");
+        let labels: Vec<&str> = svg.lines().filter(|l| l.parse::<f64>().is_ok()).collect();
+        assert!(
+            labels.contains(&"200") && labels.contains(&"0.2"),
+            "{labels:?}"
+        );
         assert!(!labels.iter().any(|l| l.ends_with(".0")), "{labels:?}");
     }
     #[test]
