@@ -205,6 +205,10 @@ async fn register(
     Ok(())
 }
 
+/// Tries of one registration, or one step of [`clear`], before the run fails.
+const ATTEMPTS: u32 = 3;
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Sends the registrations of the machines `due` names (indices into `planned`, as their
 /// hosts are provisioned, or all at once), `concurrency` at a time, through clients
 /// built from scratch. Returns how many requests it sent.
@@ -221,9 +225,22 @@ pub async fn send(
     due.map(|i| {
         let (clients, kubelets, metrics) = (&clients, &kubelets, &metrics);
         async move {
-            match planned.get(i) {
-                Some(p) => register(clients, kubelets, p, metrics).await,
-                None => bail!("no machine {i} to register"),
+            let Some(p) = planned.get(i) else {
+                bail!("no machine {i} to register");
+            };
+            // As the controller requeues a failed reconcile, the ceiling tries again
+            // (a connection the server closed, a timeout): the extra requests count.
+            let mut attempt = 1;
+            loop {
+                match register(clients, kubelets, p, metrics).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if attempt < ATTEMPTS => {
+                        tracing::debug!(machine = %p.machine, error = %e, "ceiling: trying again");
+                        attempt += 1;
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                    Err(e) => return Err(e.context(format!("registering {}", p.machine))),
+                }
             }
         }
     })
@@ -246,19 +263,39 @@ pub async fn clear(client: &Client) -> anyhow::Result<()> {
         grace_period_seconds: Some(0),
         ..DeleteParams::background()
     };
-    Api::<Pod>::namespaced(client.clone(), fake::static_pods::NAMESPACE)
-        .delete_collection(&now, &ours)
-        .await?;
-    Api::<Lease>::namespaced(client.clone(), lease::NAMESPACE)
-        .delete_collection(&now, &ours)
-        .await?;
-    Api::<ConfigMap>::namespaced(client.clone(), fake::kubeadm_config::NAMESPACE)
-        .delete_collection(&now, &ours)
-        .await?;
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes.delete_collection(&now, &ours).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), fake::static_pods::NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), lease::NAMESPACE);
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), fake::kubeadm_config::NAMESPACE);
+    let mut attempt = 1;
+    loop {
+        let cleared = async {
+            pods.delete_collection(&now, &ours).await?;
+            leases.delete_collection(&now, &ours).await?;
+            configs.delete_collection(&now, &ours).await?;
+            nodes.delete_collection(&now, &ours).await?;
+            Ok::<(), kube::Error>(())
+        }
+        .await;
+        match cleared {
+            Ok(()) => break,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::debug!(error = %e, "clearing a workload API server: trying again");
+                attempt += 1;
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("removing the controller's objects"));
+            }
+        }
+    }
     for _ in 0..600 {
-        if nodes.list(&ours.clone().limit(1)).await?.items.is_empty() {
+        // A failed look is looked at again.
+        if nodes
+            .list(&ours.clone().limit(1))
+            .await
+            .is_ok_and(|l| l.items.is_empty())
+        {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
