@@ -175,9 +175,13 @@ fn a_drain_is_timed_from_the_controllers_start_against_a_ceiling_sending_the_sam
         let ceiling = &run["ceiling"];
         assert_eq!(ceiling["nodes_created"], 9, "{run}");
         assert_eq!(ceiling["missing"], 0, "{run}");
-        // The same requests: the ceiling plans and sends them as the controller does.
-        assert_eq!(
-            ceiling["workload_requests"], run["workload_requests"],
+        // The controller's registration, once per machine: create, status and startup
+        // taints of each Node, and each control plane's kubeadm-config.
+        assert_eq!(ceiling["workload_requests"], 3.0 * 4.0 + 6.0 * 3.0, "{run}");
+        // The controller sends at least as much (more when it registers a machine twice).
+        assert!(
+            run["workload_requests"].as_f64().unwrap()
+                >= ceiling["workload_requests"].as_f64().unwrap(),
             "{run}"
         );
         assert!(run["ratio_to_ceiling"].as_f64().unwrap() > 0.0, "{run}");
