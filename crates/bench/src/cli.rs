@@ -74,6 +74,72 @@ pub struct E2eArgs {
     pub report: Option<std::path::PathBuf>,
 }
 
+/// `--arrival`: how the machines come to need their Nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Arrival {
+    /// Every host provisioned at once, the controller running.
+    Burst,
+    /// Hosts provisioned at `--arrival-rate` per second, the controller running.
+    Rate,
+    /// Every host provisioned before the controller starts: a drain of pending machines.
+    Provisioned,
+}
+
+/// How the machines arrive, checked: what a run does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ArrivalMode {
+    Burst,
+    /// Hosts per second, positive.
+    Rate(f64),
+    Provisioned,
+}
+
+impl ArrivalMode {
+    /// From `--arrival` and `--arrival-rate`: a rate alone still means `rate`, as it did
+    /// before `--arrival` existed.
+    pub fn from_flags(arrival: Option<Arrival>, rate: Option<f64>) -> Result<Self, String> {
+        match (arrival, rate) {
+            (None | Some(Arrival::Burst), None) => Ok(Self::Burst),
+            (Some(Arrival::Provisioned), None) => Ok(Self::Provisioned),
+            (None | Some(Arrival::Rate), Some(r)) if r.is_finite() && r > 0.0 => Ok(Self::Rate(r)),
+            (None | Some(Arrival::Rate), Some(r)) => {
+                Err(format!("--arrival-rate must be a positive number, not {r}"))
+            }
+            (Some(Arrival::Rate), None) => Err("--arrival rate needs --arrival-rate R".into()),
+            (Some(a @ (Arrival::Burst | Arrival::Provisioned)), Some(_)) => Err(format!(
+                "--arrival-rate goes with --arrival rate, not --arrival {}",
+                a.name()
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Burst => Arrival::Burst.name(),
+            Self::Rate(_) => Arrival::Rate.name(),
+            Self::Provisioned => Arrival::Provisioned.name(),
+        }
+    }
+
+    /// Hosts per second, in `rate` mode.
+    pub fn rate(self) -> Option<f64> {
+        match self {
+            Self::Rate(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl Arrival {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Burst => "burst",
+            Self::Rate => "rate",
+            Self::Provisioned => "provisioned",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct DemoArgs {
     /// Workload clusters (one namespace and one control-plane machine each).
@@ -88,13 +154,27 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub workload_apiservers: usize,
 
-    /// Machines per second (default: all at once, a burst).
+    /// How the machines come to need their Nodes: `burst` (every host provisioned at
+    /// once while the controller runs), `rate` (at --arrival-rate hosts per second) or
+    /// `provisioned` (every host provisioned before the controller starts: a drain,
+    /// timed from the controller's start). Default: `rate` with --arrival-rate, else
+    /// `burst`.
+    #[arg(long, value_enum)]
+    pub arrival: Option<Arrival>,
+
+    /// Hosts provisioned per second (`--arrival rate`, which it implies).
     #[arg(long)]
     pub arrival_rate: Option<f64>,
 
-    /// Also measure the fastest a plain client creates the same Nodes (the ceiling).
-    #[arg(long)]
+    /// Also measure the fastest a plain client sends the same requests for the same
+    /// Nodes, with the same trigger and no rate limit (the ceiling).
+    #[arg(long, conflicts_with = "keep")]
     pub ceiling: bool,
+
+    /// Measure this many times, each in fresh control planes; the report gives every run
+    /// and the median of each figure.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
 
     /// The controller's --concurrency (and the ceiling's).
     #[arg(long, default_value_t = 32)]
@@ -109,7 +189,7 @@ pub struct DemoArgs {
     pub plot: Option<std::path::PathBuf>,
 
     /// Leave the control planes running and print their kubeconfigs (until Ctrl-C).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "repeat")]
     pub keep: bool,
 
     /// Give up after this long.
@@ -127,4 +207,59 @@ pub struct DemoArgs {
     /// shard's throughput. 1: one unsharded controller.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub shards: u32,
+}
+
+impl DemoArgs {
+    pub fn arrival_mode(&self) -> Result<ArrivalMode, String> {
+        ArrivalMode::from_flags(self.arrival, self.arrival_rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo(args: &[&str]) -> Result<DemoArgs, clap::Error> {
+        let argv = ["metal3-fakenode-bench", "demo"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Demo(d) => d,
+            Command::E2e(_) => unreachable!("parsed demo"),
+        })
+    }
+
+    fn mode(args: &[&str]) -> Result<ArrivalMode, String> {
+        demo(args).map_err(|e| e.to_string())?.arrival_mode()
+    }
+
+    #[test]
+    fn the_arrival_is_one_choice_and_a_rate_alone_still_means_rate() {
+        assert_eq!(mode(&[]), Ok(ArrivalMode::Burst));
+        assert_eq!(mode(&["--arrival", "burst"]), Ok(ArrivalMode::Burst));
+        assert_eq!(
+            mode(&["--arrival", "provisioned"]),
+            Ok(ArrivalMode::Provisioned)
+        );
+        assert_eq!(mode(&["--arrival-rate", "50"]), Ok(ArrivalMode::Rate(50.0)));
+        assert_eq!(
+            mode(&["--arrival", "rate", "--arrival-rate", "2.5"]),
+            Ok(ArrivalMode::Rate(2.5))
+        );
+        assert!(mode(&["--arrival", "rate"]).is_err());
+        assert!(mode(&["--arrival-rate", "0"]).is_err());
+        assert!(mode(&["--arrival-rate", "-3"]).is_err());
+        assert!(mode(&["--arrival", "provisioned", "--arrival-rate", "5"]).is_err());
+        assert!(mode(&["--arrival", "sometimes"]).is_err());
+        assert_eq!(ArrivalMode::Rate(3.0).rate(), Some(3.0));
+        assert_eq!(ArrivalMode::Provisioned.name(), "provisioned");
+    }
+
+    #[test]
+    fn repeat_is_at_least_one_and_keep_is_for_a_single_run_without_the_ceiling() {
+        assert_eq!(demo(&[]).map(|d| d.repeat).ok(), Some(1));
+        assert_eq!(demo(&["--repeat", "3"]).map(|d| d.repeat).ok(), Some(3));
+        assert!(demo(&["--repeat", "0"]).is_err());
+        assert!(demo(&["--keep", "--ceiling"]).is_err());
+        assert!(demo(&["--keep", "--repeat", "3"]).is_err());
+        assert!(demo(&["--keep"]).is_ok());
+    }
 }

@@ -66,11 +66,14 @@ fn a_small_demo_creates_every_node_once_and_reports_it() {
     assert!(r["nodes_per_second"].as_f64().unwrap() > 0.0);
     assert!(r["controller_peak_rss_bytes"].as_u64().unwrap() > 0);
     assert!(r["controller_cpu_seconds"].as_f64().unwrap() > 0.0);
-    assert!(
-        r["ceiling_nodes_per_second"].is_null(),
-        "no --ceiling, no ceiling"
-    );
+    assert!(r["ceiling"].is_null(), "no --ceiling, no ceiling");
     assert!(r["ratio_to_ceiling"].is_null());
+    assert_eq!(r["arrival"], "burst");
+    // Each Node: create, status, taints; the kubeadm-config once per control plane.
+    let per_node = r["requests_per_node"].as_f64().unwrap();
+    assert!((3.0..=4.0).contains(&per_node), "{per_node}");
+    assert!(r["controller_cpu_seconds_per_1000_nodes"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 1);
     assert!(svg.contains("Nodes Ready over time"));
     // One unsharded controller: its own figures are the totals.
     assert_eq!(r["shard_count"], 1);
@@ -137,4 +140,56 @@ fn a_sharded_demo_splits_the_nodes_between_shards_and_reports_each() {
         "the shards' rates add up to the run's: {rate} vs {total_rate}"
     );
     assert!(stdout.contains("shards total"), "{stdout}");
+}
+
+#[test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+fn a_drain_is_timed_from_the_controllers_start_against_a_ceiling_sending_the_same_requests() {
+    let (r, stdout, _) = demo(&[
+        "--clusters",
+        "3",
+        "--workers",
+        "2",
+        "--arrival",
+        "provisioned",
+        "--ceiling",
+        "--repeat",
+        "2",
+        "--timeout",
+        "3m",
+    ]);
+    assert_eq!(r["arrival"], "provisioned");
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "every run is reported");
+    for run in runs {
+        assert_eq!(run["nodes_created"], 9, "{run}");
+        assert_eq!(run["duplicates"], 0, "{run}");
+        assert_eq!(run["missing"], 0, "{run}");
+        assert!(
+            run["controller_ready_seconds"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
+        let ceiling = &run["ceiling"];
+        assert_eq!(ceiling["nodes_created"], 9, "{run}");
+        assert_eq!(ceiling["missing"], 0, "{run}");
+        // The controller's registration, once per machine: create, status and startup
+        // taints of each Node, and each control plane's kubeadm-config.
+        assert_eq!(ceiling["workload_requests"], 3.0 * 4.0 + 6.0 * 3.0, "{run}");
+        // The controller sends at least as much (more when it registers a machine twice).
+        assert!(
+            run["workload_requests"].as_f64().unwrap()
+                >= ceiling["workload_requests"].as_f64().unwrap(),
+            "{run}"
+        );
+        assert!(run["ratio_to_ceiling"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["latency_p50_ratio_to_ceiling"].is_null(), "{run}");
+    }
+    assert!(
+        stdout.contains("2: each figure is the median") && stdout.contains("run 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nodes/s: ratio"), "{stdout}");
 }

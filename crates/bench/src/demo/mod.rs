@@ -4,11 +4,19 @@
 //! clusters written as CAPI/CAPM3/BMO leave them (each with its own kubeconfig and client
 //! certificate), the controller as its own process (so its CPU and memory are its own; with
 //! `--shards S`, S processes, one per shard, as S replicas would run) and the CAPM3
-//! stand-in closing the loop. Hosts are created `provisioning` and then turned
-//! `provisioned` by the harness, all at once or at `--arrival-rate`, as the
-//! baremetal-operator in test mode does: the controller and the harness then measure from
-//! the same moment, and the controller sees the need arise (not a restart).
+//! stand-in closing the loop. With `--arrival burst` or `rate`, hosts are created
+//! `provisioning` and then turned `provisioned` by the harness, all at once or at
+//! `--arrival-rate`, as the baremetal-operator in test mode does: the controller and the
+//! harness then measure from the same moment, and the controller sees the need arise (not
+//! a restart). With `--arrival provisioned`, every host is provisioned before the
+//! controller starts, and the clock starts with it: a drain of pending machines.
+//!
+//! With `--ceiling`, the controller is stopped, its objects removed from the workload API
+//! servers, and a plain client sends the same requests for the same Nodes after the same
+//! trigger (the hosts provisioned again on the same schedule, or nothing in a drain), seen
+//! Ready by the same watch. `--repeat N` measures N times, each in fresh control planes.
 
+pub mod ceiling;
 pub mod plot;
 pub mod process_stats;
 pub mod report;
@@ -22,24 +30,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::cli::DemoArgs;
-use metal3_fakenode::fake::node::{self, Hardware, NodeFacts, host_uid, is_ready};
-use metal3_fakenode::metrics::Metrics;
-use metal3_fakenode::plan::{ClusterKey, Desired, KubeconfigSource};
+use crate::cli::{ArrivalMode, DemoArgs};
+use metal3_fakenode::fake::node::{host_uid, is_ready};
 use metal3_fakenode::resources::Metal3Machine;
 use metal3_fakenode::shard::Shard;
-use metal3_fakenode::workload::{Settings, WorkloadClients};
 use metal3_fakenode_testkit::envtest::process::Supervised;
 use metal3_fakenode_testkit::envtest::{self, Assets, Environment};
 use metal3_fakenode_testkit::probe;
 use metal3_fakenode_testkit::simulate::{capm3, world};
-use report::{Latency, Report, ShardReport};
+use report::{CeilingRun, Latency, Report, Run, ShardReport};
 
 /// Parallel requests of the harness while it writes the world.
 const WRITERS: usize = 16;
@@ -70,10 +73,347 @@ struct Seen {
     names_by_host: HashMap<String, HashSet<String>>,
 }
 
+/// What one measurement leaves for the report.
+struct Measured {
+    run: Run,
+    /// Seconds from the clock's start, one per Node, and latencies: for the plot.
+    ready_at: Vec<f64>,
+    latencies: Vec<f64>,
+    /// The controller's final `/metrics`, per process: (file suffix, text).
+    metrics: Vec<(String, String)>,
+    /// With `--keep`: everything still running.
+    kept: Option<Kept>,
+}
+
+/// The control planes and controllers of a run left running (`--keep`).
+struct Kept {
+    env: Environment,
+    dir: tempfile::TempDir,
+    controllers: Vec<Controller>,
+}
+
 async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     if args.clusters == 0 {
         bail!("--clusters must be at least 1");
     }
+    let mode = args.arrival_mode().map_err(anyhow::Error::msg)?;
+    let mut runs = Vec::new();
+    let mut last = None;
+    for i in 1..=args.repeat {
+        if args.repeat > 1 {
+            say(format!("run {i} of {}", args.repeat));
+        }
+        let measured = measure(&args, mode, assets.clone()).await?;
+        runs.push(measured.run.clone());
+        last = Some(measured);
+    }
+    let Some(last) = last else {
+        bail!("--repeat must be at least 1");
+    };
+    let report = Report::of_runs(
+        Report {
+            clusters: args.clusters,
+            workers_per_cluster: args.workers,
+            workload_apiservers: args.workload_apiservers.max(1),
+            arrival: mode.name().to_string(),
+            arrival_rate: mode.rate(),
+            concurrency: args.concurrency,
+            full_fidelity: args.full_fidelity,
+            nodes_expected: args.clusters * (1 + args.workers),
+            ..Report::default()
+        },
+        runs,
+    );
+
+    println!("\nmetal3-fakenode demo report\n{}", report::render(&report));
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        // The controller's own view, for digging into a figure: one file per shard, of
+        // the last run.
+        let mut raws = Vec::new();
+        for (suffix, text) in &last.metrics {
+            let raw = path.with_extension(suffix);
+            std::fs::write(&raw, text).with_context(|| format!("writing {}", raw.display()))?;
+            raws.push(raw.display().to_string());
+        }
+        say(format!(
+            "report written to {} (the controller's final /metrics to {})",
+            path.display(),
+            raws.join(", ")
+        ));
+    }
+    if let Some(path) = &args.plot {
+        plot::write_svg(path, &last.ready_at, &last.latencies).map_err(anyhow::Error::msg)?;
+        say(format!("plot written to {}", path.display()));
+    }
+
+    if let Some(kept) = last.kept {
+        keep(kept).await?;
+    }
+    for (i, run) in report.runs.iter().enumerate() {
+        check(run).with_context(|| format!("run {} of {}", i + 1, report.runs.len()))?;
+    }
+    Ok(())
+}
+
+/// Every Node once, by the shard its cluster hashes to; the ceiling's too.
+fn check(run: &Run) -> anyhow::Result<()> {
+    if run.duplicates > 0 || run.missing > 0 {
+        bail!(
+            "{} duplicate(s), {} missing Node(s)",
+            run.duplicates,
+            run.missing
+        );
+    }
+    // Each Node by the shard its cluster hashes to, and by no other: a shard that took
+    // another's cluster, or created a Node twice, shows here even when the harness saw
+    // every Node once.
+    for s in &run.shards {
+        if s.nodes_created != s.nodes_expected as f64 {
+            bail!(
+                "shard {} created {} Node(s), its {} cluster(s) have {} machine(s)",
+                s.index,
+                s.nodes_created,
+                s.clusters,
+                s.nodes_expected
+            );
+        }
+    }
+    if let Some(c) = &run.ceiling
+        && c.missing > 0
+    {
+        bail!("the ceiling left {} Node(s) missing", c.missing);
+    }
+    Ok(())
+}
+
+/// Prints the kubeconfigs and waits for Ctrl-C.
+async fn keep(kept: Kept) -> anyhow::Result<()> {
+    let Kept {
+        env,
+        dir,
+        controllers: _controllers,
+    } = kept;
+    let kept = dir.keep();
+    for (i, server) in env.workloads.iter().enumerate() {
+        std::fs::write(
+            kept.join(format!("workload-{i}.kubeconfig")),
+            envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
+        )?;
+    }
+    say(format!(
+        "kept running; kubeconfigs in {} (e.g. KUBECONFIG={}/management.kubeconfig \
+         kubectl get metal3machines -A). Ctrl-C stops everything.",
+        kept.display(),
+        kept.display()
+    ));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Watches every workload API server's Nodes: when each is first seen Ready, and which
+/// Nodes each host got. A deleted Node is forgotten, so that the ceiling's Nodes of the
+/// same names are timed afresh.
+async fn watch_nodes(env: &Environment, seen: &Arc<Mutex<Seen>>) -> anyhow::Result<()> {
+    for server in &env.workloads {
+        let nodes: Api<Node> = Api::all(server.client().await?);
+        let seen = seen.clone();
+        tokio::spawn(
+            watcher(nodes, watcher::Config::default())
+                .default_backoff()
+                .for_each(move |event| {
+                    match event {
+                        Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                            if is_ready(&node)
+                                && let (Some(name), Some(uid)) =
+                                    (node.metadata.name.clone(), host_uid(&node))
+                            {
+                                let mut seen = lock(&seen);
+                                seen.ready.entry(name.clone()).or_insert_with(Instant::now);
+                                seen.names_by_host
+                                    .entry(uid.to_string())
+                                    .or_default()
+                                    .insert(name);
+                            }
+                        }
+                        Ok(watcher::Event::Delete(node)) => {
+                            if let Some(name) = &node.metadata.name {
+                                lock(&seen).ready.remove(name);
+                            }
+                        }
+                        _ => {}
+                    }
+                    futures::future::ready(())
+                }),
+        );
+    }
+    Ok(())
+}
+
+/// Turns the hosts `provisioned` (all at once, or at a rate), recording when each
+/// update returned and telling `due` the machine's name.
+fn provision(
+    mgmt: &kube::Client,
+    machines: &[Planned],
+    mode: ArrivalMode,
+    provisioned: &Arc<Mutex<HashMap<String, Instant>>>,
+    due: Option<futures::channel::mpsc::UnboundedSender<String>>,
+) -> tokio::task::JoinHandle<Result<(), kube::Error>> {
+    let flip = |m: &Planned| {
+        let (mgmt, provisioned, due) = (mgmt.clone(), provisioned.clone(), due.clone());
+        let (ns, host, name) = (m.namespace.clone(), m.spec.host(), m.spec.name.clone());
+        async move {
+            world::set_host_state(&mgmt, &ns, &host, "provisioned").await?;
+            lock(&provisioned).insert(name.clone(), Instant::now());
+            if let Some(due) = due {
+                // The receiver is gone only when the ceiling failed: it says why.
+                let _ = due.unbounded_send(name);
+            }
+            Ok::<(), kube::Error>(())
+        }
+    };
+    let all: Vec<_> = machines.iter().map(flip).collect();
+    match mode {
+        ArrivalMode::Rate(rate) => {
+            let period = Duration::from_secs_f64(1.0 / rate);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(period);
+                let mut tasks = tokio::task::JoinSet::new();
+                for one in all {
+                    ticker.tick().await;
+                    tasks.spawn(one);
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done.map_err(|e| kube::Error::Service(Box::new(e)))??;
+                }
+                Ok(())
+            })
+        }
+        // A drain provisions nothing while it is measured.
+        ArrivalMode::Burst | ArrivalMode::Provisioned => tokio::spawn(async move {
+            stream::iter(all)
+                .buffer_unordered(WRITERS)
+                .try_collect::<Vec<()>>()
+                .await
+                .map(|_| ())
+        }),
+    }
+}
+
+/// Waits until the harness has seen every expected Node Ready, a controller stopped, or
+/// the timeout; returns whether every Node is there.
+async fn wait_ready(
+    seen: &Arc<Mutex<Seen>>,
+    expected: &[&str],
+    t0: Instant,
+    timeout: Duration,
+    controllers: &mut [Controller],
+) -> anyhow::Result<bool> {
+    let ready_count = || {
+        let seen = lock(seen);
+        expected
+            .iter()
+            .filter(|n| seen.ready.contains_key(**n))
+            .count()
+    };
+    let bar = progress_bar(expected.len());
+    let mut last_line = Instant::now();
+    loop {
+        let count = ready_count();
+        bar.set_position(count as u64);
+        if count == expected.len() {
+            bar.finish_and_clear();
+            return Ok(true);
+        }
+        for c in controllers.iter_mut() {
+            if let Some(exit) = c.process.exited() {
+                bar.abandon();
+                bail!("the controller stopped: {exit}\n{}", c.process.log_tail(20));
+            }
+        }
+        if t0.elapsed() > timeout {
+            bar.abandon();
+            say(format!(
+                "timed out after {timeout:?}: {count} of {} Nodes",
+                expected.len()
+            ));
+            return Ok(false);
+        }
+        if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(5) {
+            say(format!("{count}/{} Nodes Ready", expected.len()));
+            last_line = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the harness saw, from `t0`: each expected Node's Ready time, and the latencies
+/// from its host's provisioning (or `t0`, for a machine not provisioned by the harness).
+struct Observed {
+    ready: HashMap<String, Instant>,
+    elapsed: f64,
+    latencies: Vec<f64>,
+    ready_at: Vec<f64>,
+}
+
+fn observe(
+    seen: &Seen,
+    expected: &[&str],
+    provisioned: &HashMap<String, Instant>,
+    t0: Instant,
+) -> Observed {
+    let ready: HashMap<String, Instant> = expected
+        .iter()
+        .filter_map(|n| seen.ready.get(*n).map(|t| (n.to_string(), *t)))
+        .collect();
+    let last = ready.values().max().copied().unwrap_or(t0);
+    let latencies = ready
+        .iter()
+        .map(|(n, at)| {
+            let from = provisioned.get(n).copied().unwrap_or(t0);
+            at.saturating_duration_since(from).as_secs_f64()
+        })
+        .collect();
+    let ready_at = ready
+        .values()
+        .map(|at| at.saturating_duration_since(t0).as_secs_f64())
+        .collect();
+    Observed {
+        elapsed: last.saturating_duration_since(t0).as_secs_f64(),
+        ready,
+        latencies,
+        ready_at,
+    }
+}
+
+/// The controllers' requests to workload API servers, once they have settled: read until
+/// two readings half a second apart agree (at most five seconds), so that a registration
+/// still finishing (e.g. its Lease) is counted.
+async fn settled_requests(controllers: &[Controller]) -> anyhow::Result<f64> {
+    let read = || async {
+        let mut sum = 0.0;
+        for c in controllers {
+            let (_, text) = probe::get(&c.metrics_address, "/metrics").await?;
+            sum += report::total(&text, report::WORKLOAD_REQUESTS);
+        }
+        Ok::<f64, anyhow::Error>(sum)
+    };
+    let mut before = read().await?;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = read().await?;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    Ok(before)
+}
+
+/// One measurement in fresh control planes: the controller's run, then (with
+/// `--ceiling`) the ceiling's.
+async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::Result<Measured> {
     let shard_count = args.shards;
     // Each process of a sharded run is `run --shard-count N --shard-index I`; one process
     // (the default) runs unsharded, exactly as before sharding existed.
@@ -85,6 +425,7 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     } else {
         vec![None]
     };
+    let drain = mode == ArrivalMode::Provisioned;
     let servers = args.workload_apiservers.max(1);
     let begun = Instant::now();
     say(format!(
@@ -105,7 +446,7 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         begun.elapsed().as_secs_f64()
     ));
 
-    // The world, hosts still provisioning.
+    // The world: hosts still provisioning, or (a drain) provisioned already.
     let clusters: Vec<String> = (0..args.clusters)
         .map(|i| format!("cluster-{i:04}"))
         .collect();
@@ -119,6 +460,7 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
             server.kubeconfig_for_user(&format!("{cluster}-admin"), Some("system:masters"))?;
         kubeconfigs.insert(cluster.clone(), envtest::kubeconfig_yaml(&kubeconfig)?);
     }
+    let host_state = if drain { "provisioned" } else { "provisioning" };
     let machines: Vec<Planned> = clusters
         .iter()
         .flat_map(|c| {
@@ -128,7 +470,7 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
                 .chain(workers)
                 .map(|(name, control_plane)| {
                     let mut spec = world::MachineSpec::new(c, &name, control_plane);
-                    spec.host_state = "provisioning".into();
+                    spec.host_state = host_state.into();
                     Planned {
                         namespace: c.clone(),
                         spec,
@@ -137,7 +479,7 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         })
         .collect();
     say(format!(
-        "writing {} clusters and {} machines as CAPI, CAPM3 and BMO would",
+        "writing {} clusters and {} machines as CAPI, CAPM3 and BMO would (hosts {host_state})",
         clusters.len(),
         machines.len()
     ));
@@ -165,161 +507,66 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
 
     // The harness's own eyes on every workload API server.
     let seen = Arc::new(Mutex::new(Seen::default()));
-    for server in &env.workloads {
-        let nodes: Api<Node> = Api::all(server.client().await?);
-        let seen = seen.clone();
-        tokio::spawn(
-            watcher(nodes, watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-                .for_each(move |node| {
-                    if let Ok(node) = node
-                        && is_ready(&node)
-                        && let (Some(name), Some(uid)) =
-                            (node.metadata.name.clone(), host_uid(&node))
-                    {
-                        let mut seen = lock(&seen);
-                        seen.ready.entry(name.clone()).or_insert_with(Instant::now);
-                        seen.names_by_host
-                            .entry(uid.to_string())
-                            .or_default()
-                            .insert(name);
-                    }
-                    futures::future::ready(())
-                }),
-        );
-    }
+    watch_nodes(&env, &seen).await?;
 
-    // Side by side, as replicas would start; every one is ready before the clock starts.
-    let mut controllers: Vec<Controller> = futures::future::try_join_all(shards.iter().map(|s| {
-        start_controller(
-            &mgmt_kubeconfig,
-            dir.path(),
-            args.concurrency,
-            args.full_fidelity,
-            *s,
+    let flags = controller_flags(args.concurrency, args.full_fidelity);
+    let start_all = || {
+        futures::future::try_join_all(
+            shards
+                .iter()
+                .map(|s| start_controller(&mgmt_kubeconfig, dir.path(), &flags, *s)),
         )
-    }))
-    .await?;
-
-    // Provision the hosts: the clock starts.
-    let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
-    let t0 = Instant::now();
-    let flip = |m: &Planned| {
-        let (mgmt, provisioned) = (mgmt.clone(), provisioned.clone());
-        let (ns, host, name) = (m.namespace.clone(), m.spec.host(), m.spec.name.clone());
-        async move {
-            world::set_host_state(&mgmt, &ns, &host, "provisioned").await?;
-            lock(&provisioned).insert(name, Instant::now());
-            Ok::<(), kube::Error>(())
-        }
     };
-    let flipping = match args.arrival_rate {
-        None => {
-            say(format!("provisioning all {} hosts at once", machines.len()));
-            let all: Vec<_> = machines.iter().map(flip).collect();
-            tokio::spawn(async move {
-                stream::iter(all)
-                    .buffer_unordered(WRITERS)
-                    .try_collect::<Vec<()>>()
-                    .await
-                    .map(|_| ())
-            })
+    let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let cpu = |c: &Controller| process_stats::cpu_seconds(c.process.pid()).unwrap_or(0.0);
+    let (t0, mut controllers, cpu_at_start, controller_ready_seconds, provisioning) = if drain {
+        // The clock starts with the controller: everything it needs is there already.
+        say(format!(
+            "starting the controller: {} machines wait for their Nodes",
+            machines.len()
+        ));
+        let t0 = Instant::now();
+        let controllers: Vec<Controller> = start_all().await?;
+        let ready = t0.elapsed().as_secs_f64();
+        (t0, controllers, 0.0, Some(ready), None)
+    } else {
+        // Side by side, as replicas would start; every one is ready before the clock
+        // starts.
+        let controllers: Vec<Controller> = start_all().await?;
+        let cpu_at_start: f64 = controllers.iter().map(cpu).sum();
+        match mode {
+            ArrivalMode::Rate(rate) => say(format!("provisioning {rate} hosts per second")),
+            _ => say(format!("provisioning all {} hosts at once", machines.len())),
         }
-        Some(rate) if rate > 0.0 => {
-            say(format!("provisioning {rate} hosts per second"));
-            let all: Vec<_> = machines.iter().map(flip).collect();
-            let period = Duration::from_secs_f64(1.0 / rate);
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(period);
-                let mut tasks = tokio::task::JoinSet::new();
-                for one in all {
-                    ticker.tick().await;
-                    tasks.spawn(one);
-                }
-                while let Some(done) = tasks.join_next().await {
-                    done.map_err(|e| kube::Error::Service(Box::new(e)))??;
-                }
-                Ok(())
-            })
-        }
-        Some(rate) => bail!("--arrival-rate must be positive, not {rate}"),
+        let t0 = Instant::now();
+        let flipping = provision(&mgmt, &machines, mode, &provisioned, None);
+        (t0, controllers, cpu_at_start, None, Some(flipping))
     };
 
     let expected: Vec<&str> = machines.iter().map(|m| m.spec.name.as_str()).collect();
-    let ready_count = || {
-        let seen = lock(&seen);
-        expected
-            .iter()
-            .filter(|n| seen.ready.contains_key(**n))
-            .count()
-    };
-    let bar = progress_bar(expected.len());
-    let mut last_line = Instant::now();
-    loop {
-        let count = ready_count();
-        bar.set_position(count as u64);
-        if count == expected.len() {
-            break;
-        }
-        for c in &mut controllers {
-            if let Some(exit) = c.process.exited() {
-                bar.abandon();
-                bail!("the controller stopped: {exit}\n{}", c.process.log_tail(20));
-            }
-        }
-        if t0.elapsed() > args.timeout {
-            bar.abandon();
-            say(format!(
-                "timed out after {:?}: {count} of {} Nodes",
-                args.timeout,
-                expected.len()
-            ));
-            break;
-        }
-        if bar.is_hidden() && last_line.elapsed() > Duration::from_secs(5) {
-            say(format!("{count}/{} Nodes Ready", expected.len()));
-            last_line = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_ready(&seen, &expected, t0, args.timeout, &mut controllers).await?;
+    let cpu_measured = controllers.iter().map(cpu).sum::<f64>() - cpu_at_start;
+    if let Some(flipping) = provisioning {
+        flipping.await??;
     }
-    bar.finish_and_clear();
-    flipping.await??;
+    let workload_requests = settled_requests(&controllers).await?;
 
     // What the harness saw.
-    let (ready, duplicates) = {
+    let (observed, duplicates) = {
         let seen = lock(&seen);
-        let ready: HashMap<String, Instant> = expected
-            .iter()
-            .filter_map(|n| seen.ready.get(*n).map(|t| (n.to_string(), *t)))
-            .collect();
         let duplicates = host_uids
             .values()
             .filter_map(|uid| seen.names_by_host.get(uid))
             .map(|names| names.len().saturating_sub(1))
             .sum::<usize>();
-        (ready, duplicates)
+        let provisioned = lock(&provisioned);
+        (observe(&seen, &expected, &provisioned, t0), duplicates)
     };
-    let provisioned = lock(&provisioned).clone();
-    let last = ready.values().max().copied().unwrap_or(t0);
-    let last_provisioned = provisioned.values().max().copied().unwrap_or(t0);
-    let elapsed = last.duration_since(t0).as_secs_f64();
-    let latencies: Vec<f64> = ready
-        .iter()
-        .filter_map(|(n, at)| {
-            Some(
-                at.saturating_duration_since(*provisioned.get(n)?)
-                    .as_secs_f64(),
-            )
-        })
-        .collect();
-    let ready_at: Vec<f64> = ready
-        .values()
-        .map(|at| at.duration_since(t0).as_secs_f64())
-        .collect();
+    let last_provisioned = lock(&provisioned).values().max().copied().unwrap_or(t0);
+    let elapsed = observed.elapsed;
     say(format!(
         "{} of {} Nodes Ready in {elapsed:.2}s",
-        ready.len(),
+        observed.ready.len(),
         expected.len()
     ));
 
@@ -335,14 +582,14 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
         },
     ));
     let loop_closed = wait_for_provider_ids(&mgmt, expected.len()).await;
+    let _ = stop_capm3.send(());
     // Idle cost: CPU over a few quiet seconds.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu = |c: &Controller| process_stats::cpu_seconds(c.process.pid()).unwrap_or(0.0);
     let cpu_before: f64 = controllers.iter().map(cpu).sum();
     let idle_window = Duration::from_secs(5);
     tokio::time::sleep(idle_window).await;
     let mut shard_reports = Vec::new();
-    let mut metrics_texts = Vec::new();
+    let mut metrics = Vec::new();
     let mut buckets = Vec::new();
     for c in &controllers {
         let (_, text) = probe::get(&c.metrics_address, "/metrics").await?;
@@ -367,11 +614,7 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
                 .len(),
             nodes_expected: mine.len(),
             nodes_created,
-            nodes_per_second: if elapsed > 0.0 {
-                nodes_created / elapsed
-            } else {
-                0.0
-            },
+            nodes_per_second: report::per_second(nodes_created, elapsed),
             peak_rss_bytes: process_stats::peak_rss_bytes(c.process.pid()).unwrap_or(0),
             cpu_seconds: cpu(c),
             workload_clients: metric("fakenode_workload_clients"),
@@ -381,117 +624,179 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
             "fakenode_node_creation_latency_seconds",
             &labels,
         ));
-        metrics_texts.push(text);
+        let suffix = match c.shard {
+            Some(s) => format!("shard-{}.metrics.txt", s.index),
+            None => "metrics.txt".to_string(),
+        };
+        metrics.push((suffix, text));
     }
     let cpu_after: f64 = shard_reports.iter().map(|s| s.cpu_seconds).sum();
-
-    let mut report = Report {
-        clusters: args.clusters,
-        workers_per_cluster: args.workers,
-        workload_apiservers: servers,
-        arrival_rate: args.arrival_rate,
-        concurrency: args.concurrency,
-        nodes_expected: expected.len(),
-        nodes_created: ready.len(),
+    let nodes_created = observed.ready.len();
+    let mut run = Run {
+        nodes_created,
         duplicates,
-        missing: expected.len() - ready.len(),
+        missing: expected.len() - nodes_created,
         elapsed_seconds: elapsed,
-        provisioning_seconds: last_provisioned.duration_since(t0).as_secs_f64(),
-        nodes_per_second: if elapsed > 0.0 {
-            ready.len() as f64 / elapsed
-        } else {
-            0.0
-        },
-        latency_seconds: Latency::from_samples(&latencies),
+        provisioning_seconds: last_provisioned.saturating_duration_since(t0).as_secs_f64(),
+        controller_ready_seconds,
+        nodes_per_second: report::per_second(nodes_created as f64, elapsed),
+        latency_seconds: Latency::from_samples(&observed.latencies),
         controller_histogram: report::summarize_buckets(&report::merge_buckets(&buckets)),
         controller_nodes_created_total: shard_reports.iter().map(|s| s.nodes_created).sum(),
+        workload_requests,
+        requests_per_node: report::per_node(workload_requests, nodes_created),
         controller_peak_rss_bytes: shard_reports.iter().map(|s| s.peak_rss_bytes).sum(),
         controller_cpu_seconds: cpu_after,
+        controller_cpu_seconds_per_1000_nodes: report::per_node(cpu_measured, nodes_created)
+            * 1000.0,
         controller_idle_cpu_percent: (cpu_after - cpu_before) / idle_window.as_secs_f64() * 100.0,
         workload_clients: shard_reports.iter().map(|s| s.workload_clients).sum(),
         loop_closed,
         shard_count: shard_reports.len() as u32,
         shards: shard_reports,
-        ..Report::default()
+        ..Run::default()
     };
 
-    if args.ceiling {
-        say("measuring the ceiling: the same Nodes, created directly");
-        let ceiling = ceiling(&machines, &host_uids, &kubeconfigs, args.concurrency).await?;
-        report.ceiling_nodes_per_second = Some(ceiling);
-        report.ratio_to_ceiling = Some(report.nodes_per_second / ceiling);
-    }
-
-    println!("\nmetal3-fakenode demo report\n{}", report::render(&report));
-    if let Some(path) = &args.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        // The controller's own view, for digging into a figure: one file per shard.
-        let mut raws = Vec::new();
-        for (c, text) in controllers.iter().zip(&metrics_texts) {
-            let raw = match c.shard {
-                Some(s) => path.with_extension(format!("shard-{}.metrics.txt", s.index)),
-                None => path.with_extension("metrics.txt"),
-            };
-            std::fs::write(&raw, text).with_context(|| format!("writing {}", raw.display()))?;
-            raws.push(raw.display().to_string());
-        }
-        say(format!(
-            "report written to {} (the controller's final /metrics to {})",
-            path.display(),
-            raws.join(", ")
-        ));
-    }
-    if let Some(path) = &args.plot {
-        plot::write_svg(path, &ready_at, &latencies).map_err(anyhow::Error::msg)?;
-        say(format!("plot written to {}", path.display()));
-    }
-
     if args.keep {
-        let kept = dir.keep();
-        for (i, server) in env.workloads.iter().enumerate() {
-            std::fs::write(
-                kept.join(format!("workload-{i}.kubeconfig")),
-                envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
-            )?;
-        }
-        say(format!(
-            "kept running; kubeconfigs in {} (e.g. KUBECONFIG={}/management.kubeconfig \
-             kubectl get metal3machines -A). Ctrl-C stops everything.",
-            kept.display(),
-            kept.display()
-        ));
-        std::future::pending::<()>().await;
+        return Ok(Measured {
+            run,
+            ready_at: observed.ready_at,
+            latencies: observed.latencies,
+            metrics,
+            kept: Some(Kept {
+                env,
+                dir,
+                controllers,
+            }),
+        });
     }
-    let _ = stop_capm3.send(());
     futures::future::join_all(
         controllers
             .iter_mut()
             .map(|c| stop_gracefully(&mut c.process)),
     )
     .await;
-    if report.duplicates > 0 || report.missing > 0 {
-        bail!(
-            "{} duplicate(s), {} missing Node(s)",
-            report.duplicates,
-            report.missing
-        );
+
+    if args.ceiling {
+        let ceiling =
+            measure_ceiling(args, mode, &env, &mgmt, &machines, &expected, &seen, &flags).await?;
+        run.compare_with(ceiling, drain);
     }
-    // Each Node by the shard its cluster hashes to, and by no other: a shard that took
-    // another's cluster, or created a Node twice, shows here even when the harness saw
-    // every Node once.
-    for s in &report.shards {
-        if s.nodes_created != s.nodes_expected as f64 {
+    Ok(Measured {
+        run,
+        ready_at: observed.ready_at,
+        latencies: observed.latencies,
+        metrics,
+        kept: None,
+    })
+}
+
+/// The ceiling, once the controller has stopped: its objects removed, the same requests
+/// sent by a plain client after the same trigger, seen Ready by the same watch.
+#[allow(clippy::too_many_arguments)]
+async fn measure_ceiling(
+    args: &DemoArgs,
+    mode: ArrivalMode,
+    env: &Environment,
+    mgmt: &kube::Client,
+    machines: &[Planned],
+    expected: &[&str],
+    seen: &Arc<Mutex<Seen>>,
+    flags: &[String],
+) -> anyhow::Result<CeilingRun> {
+    say("measuring the ceiling: the same requests for the same Nodes, sent directly");
+    let run_args = ceiling::controller_run_args(flags)?;
+    let fidelity = run_args.fidelity();
+    let settings = ceiling::unthrottled(run_args.workload_settings());
+    let snapshot = ceiling::Snapshot::read(mgmt).await?;
+    let planned = ceiling::plan_all(&snapshot, &fidelity)?;
+    let index: HashMap<String, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.machine.clone(), i))
+        .collect();
+    // A cold start: the workload API servers as the controller found them.
+    for server in &env.workloads {
+        ceiling::clear(&server.client().await?).await?;
+    }
+    let forgotten = Instant::now();
+    while expected.iter().any(|n| lock(seen).ready.contains_key(*n)) {
+        if forgotten.elapsed() > Duration::from_secs(60) {
             bail!(
-                "shard {} created {} Node(s), its {} cluster(s) have {} machine(s)",
-                s.index,
-                s.nodes_created,
-                s.clusters,
-                s.nodes_expected
+                "the harness's watch still saw the controller's Nodes a minute after they were deleted"
             );
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
+    lock(seen).names_by_host.clear();
+
+    let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let (t0, sent) = if mode == ArrivalMode::Provisioned {
+        let t0 = Instant::now();
+        let sent = ceiling::send(
+            &planned,
+            stream::iter(0..planned.len()),
+            settings,
+            fidelity,
+            args.concurrency,
+        )
+        .await?;
+        (t0, sent)
+    } else {
+        // The same trigger as the controller's: the hosts provisioned again, on the same
+        // schedule; each machine's requests start when its host's update returns.
+        stream::iter(machines)
+            .map(|m| async move {
+                world::set_host_state(mgmt, &m.namespace, &m.spec.host(), "provisioning").await
+            })
+            .buffer_unordered(WRITERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let (due, due_names) = futures::channel::mpsc::unbounded();
+        let t0 = Instant::now();
+        let flipping = provision(mgmt, machines, mode, &provisioned, Some(due));
+        let due = due_names.filter_map(|name| futures::future::ready(index.get(&name).copied()));
+        let sent = ceiling::send(&planned, due, settings, fidelity, args.concurrency).await?;
+        flipping.await??;
+        (t0, sent)
+    };
+    wait_ready(seen, expected, t0, args.timeout, &mut []).await?;
+    let observed = {
+        let seen = lock(seen);
+        let provisioned = lock(&provisioned);
+        observe(&seen, expected, &provisioned, t0)
+    };
+    let nodes_created = observed.ready.len();
+    say(format!(
+        "ceiling: {nodes_created} of {} Nodes Ready in {:.2}s",
+        expected.len(),
+        observed.elapsed
+    ));
+    Ok(CeilingRun {
+        nodes_created,
+        missing: expected.len() - nodes_created,
+        elapsed_seconds: observed.elapsed,
+        nodes_per_second: report::per_second(nodes_created as f64, observed.elapsed),
+        latency_seconds: Latency::from_samples(&observed.latencies),
+        workload_requests: sent,
+        requests_per_node: report::per_node(sent, nodes_created),
+    })
+}
+
+/// The controller's flags that decide what it sends: the same for the ceiling.
+fn controller_flags(concurrency: u16, full_fidelity: bool) -> Vec<String> {
+    let mut flags = vec!["--concurrency".to_string(), concurrency.to_string()];
+    if !full_fidelity {
+        // Like for like with the ceiling: Node (create, status, taints) and kubeadm-config.
+        for flag in [
+            "--static-pods=false",
+            "--node-heartbeat-interval=0",
+            "--delete-orphaned-nodes=false",
+        ] {
+            flags.push(flag.to_string());
+        }
+    }
+    flags
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -519,13 +824,13 @@ struct Controller {
     shard: Option<Shard>,
 }
 
-/// The controller as its own process (with `shard`, that shard only), JSON logs in `dir`;
+/// The controller as its own process (with `shard`, that shard only) with `flags`, JSON
+/// logs in `dir`;
 /// returns it once `/readyz` answers.
 async fn start_controller(
     kubeconfig: &Path,
     dir: &Path,
-    concurrency: u16,
-    full_fidelity: bool,
+    flags: &[String],
     shard: Option<Shard>,
 ) -> anyhow::Result<Controller> {
     let address = format!("127.0.0.1:{}", envtest::free_port()?);
@@ -533,24 +838,13 @@ async fn start_controller(
         "run",
         "--metrics-bind-address",
         &address,
-        "--concurrency",
-        &concurrency.to_string(),
         "--log-format",
         "json",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if !full_fidelity {
-        // Like for like with the ceiling: Node (create, status, taints) and kubeadm-config.
-        for flag in [
-            "--static-pods=false",
-            "--node-heartbeat-interval=0",
-            "--delete-orphaned-nodes=false",
-        ] {
-            args.push(flag.to_string());
-        }
-    }
+    args.extend(flags.iter().cloned());
     // Which process a message or a log file is about, once there are several.
     let (suffix, log) = match shard {
         Some(s) => {
@@ -618,64 +912,6 @@ async fn wait_for_provider_ids(mgmt: &kube::Client, expected: usize) -> usize {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// The physical limit: the same Nodes (same requests: create, status, taints) in the same
-/// workload API servers, through the same kind of per-cluster clients and the same
-/// concurrency, driven directly with no watch, queue or store in between. Nodes/s.
-async fn ceiling(
-    machines: &[Planned],
-    host_uids: &HashMap<String, String>,
-    kubeconfigs: &HashMap<String, String>,
-    concurrency: u16,
-) -> anyhow::Result<f64> {
-    let clients = WorkloadClients::new(Settings::default());
-    let metrics = Metrics::new()?;
-    let now = Time(jiff::Timestamp::now());
-    let started = Instant::now();
-    stream::iter(machines)
-        .map(|m| {
-            let (clients, metrics, now) = (&clients, &metrics, &now);
-            let name = format!("ceiling-{}", m.spec.name);
-            let uid = format!(
-                "ceiling-{}",
-                host_uids.get(&m.spec.name).cloned().unwrap_or_default()
-            );
-            let facts = NodeFacts::new(
-                &name,
-                &uid,
-                m.spec.control_plane,
-                &m.spec.version,
-                None,
-                &Hardware::default(),
-            );
-            let desired = Desired {
-                cluster: ClusterKey {
-                    namespace: m.namespace.clone(),
-                    name: m.spec.cluster.clone(),
-                },
-                kubeconfig: KubeconfigSource {
-                    secret: format!("{}/{}-kubeconfig", m.namespace, m.spec.cluster),
-                    value: ByteString(kubeconfigs[&m.spec.cluster].as_bytes().to_vec()),
-                },
-                node: node::node(&facts, now),
-                kubeadm_config: None,
-                stacked_etcd: None,
-                host: m.spec.host(),
-                provisioned_at: None,
-                ignored: Vec::new(),
-            };
-            async move {
-                let client = clients
-                    .client(&desired.cluster, &desired.kubeconfig)
-                    .await?;
-                metal3_fakenode::apply::ensure(&client, &desired, metrics).await
-            }
-        })
-        .buffer_unordered(usize::from(concurrency.max(1)))
-        .try_collect::<Vec<_>>()
-        .await?;
-    Ok(machines.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// SIGTERM, then SIGKILL if it has not stopped within 30 s.

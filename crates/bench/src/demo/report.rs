@@ -55,39 +55,69 @@ pub struct ShardReport {
     pub workload_clients: f64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
-    pub clusters: usize,
-    pub workers_per_cluster: usize,
-    pub workload_apiservers: usize,
-    /// Machines per second; `None`: all at once.
-    pub arrival_rate: Option<f64>,
-    pub concurrency: u16,
-    pub nodes_expected: usize,
+/// What the ceiling (a plain client, no rate limit, the same requests as the controller
+/// from a cold start, after the same trigger) did in one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CeilingRun {
+    /// Distinct expected Nodes the harness's watch saw Ready.
+    pub nodes_created: usize,
+    pub missing: usize,
+    /// From its clock's start (the trigger's, or its own cold start in a drain) to the
+    /// last of its Nodes Ready, seen by the same watch as the controller's.
+    pub elapsed_seconds: f64,
+    pub nodes_per_second: f64,
+    /// Host provisioned -> Node Ready, as for the controller (zero in a drain).
+    pub latency_seconds: Latency,
+    /// Requests to the workload API servers (`fakenode_workload_requests_total` of its
+    /// own registry, counted by the controller's own request function).
+    pub workload_requests: f64,
+    pub requests_per_node: f64,
+}
+
+/// One measurement: the controller's run and, with `--ceiling`, the ceiling's in the same
+/// control planes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Run {
     /// Distinct expected Nodes seen Ready in the workload API servers.
     pub nodes_created: usize,
     /// Extra Nodes for a host that already had one (must be 0).
     pub duplicates: usize,
     pub missing: usize,
-    /// From the first host provisioned to the last Node Ready.
+    /// From the clock's start to the last Node Ready: the first host provisioned
+    /// (`burst`, `rate`), or the controller's start (`provisioned`, a drain).
     pub elapsed_seconds: f64,
     /// From the first to the last host provisioned (the trigger; it loads the same
-    /// machine while the controller works).
+    /// machine while the controller works). Zero in a drain.
     pub provisioning_seconds: f64,
+    /// In a drain: from the controller's start to its `/readyz` (its caches filled).
+    pub controller_ready_seconds: Option<f64>,
     pub nodes_per_second: f64,
-    /// Host provisioned (harness clock) -> Node Ready seen by the harness's watch.
+    /// Host provisioned (harness clock) -> Node Ready seen by the harness's watch; in a
+    /// drain, from the controller's start.
     pub latency_seconds: Latency,
     /// `fakenode_node_creation_latency_seconds` from the controller's `/metrics` (every
     /// shard's buckets added up).
     pub controller_histogram: HistogramSummary,
     /// `fakenode_nodes_created_total`, summed over the shards.
     pub controller_nodes_created_total: f64,
-    pub ceiling_nodes_per_second: Option<f64>,
+    /// `fakenode_workload_requests_total` (all verbs and codes, all shards) once the
+    /// last Node was Ready and the controller's requests had settled.
+    pub workload_requests: f64,
+    /// `workload_requests` per Node created.
+    pub requests_per_node: f64,
+    pub ceiling: Option<CeilingRun>,
+    /// This run's Nodes/s over the ceiling's.
     pub ratio_to_ceiling: Option<f64>,
+    /// This run's harness latency p50 over the ceiling's (same trigger, same requests);
+    /// none in a drain.
+    pub latency_p50_ratio_to_ceiling: Option<f64>,
     /// Summed over the shards' processes (each one's own is in `shards`).
     pub controller_peak_rss_bytes: u64,
-    /// Summed over the shards' processes.
+    /// Summed over the shards' processes, from their start to the end of the run.
     pub controller_cpu_seconds: f64,
+    /// The controller's CPU seconds from the clock's start to the last Node Ready (all
+    /// shards), per 1000 Nodes created.
+    pub controller_cpu_seconds_per_1000_nodes: f64,
     /// The controller's CPU use over a few seconds once everything was done (all shards).
     pub controller_idle_cpu_percent: f64,
     /// Summed over the shards: each caches clients for its own clusters only.
@@ -98,6 +128,172 @@ pub struct Report {
     pub shard_count: u32,
     /// One entry per controller process, by index.
     pub shards: Vec<ShardReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub clusters: usize,
+    pub workers_per_cluster: usize,
+    pub workload_apiservers: usize,
+    /// `burst`, `rate` or `provisioned`.
+    pub arrival: String,
+    /// Machines per second, with `rate`.
+    pub arrival_rate: Option<f64>,
+    pub concurrency: u16,
+    pub full_fidelity: bool,
+    pub nodes_expected: usize,
+    /// Each figure below (flattened) is the median of `runs`; `duplicates` and `missing`
+    /// are the worst run's.
+    #[serde(flatten)]
+    pub median: Run,
+    /// Every run, in order (`--repeat`).
+    pub runs: Vec<Run>,
+}
+
+/// The median of some figures (the mean of the middle two for an even count); zero for
+/// none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the figures present; none when no run has one.
+fn median_some(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let present: Vec<f64> = values.into_iter().flatten().collect();
+    (!present.is_empty()).then(|| median(present))
+}
+
+/// `a / b`, when both are rates worth dividing.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a.is_finite() && b.is_finite() && b > 0.0).then(|| a / b)
+}
+
+/// `count / elapsed`, zero when no time passed.
+pub fn per_second(count: f64, elapsed_seconds: f64) -> f64 {
+    if elapsed_seconds > 0.0 {
+        count / elapsed_seconds
+    } else {
+        0.0
+    }
+}
+
+/// `total / nodes`, zero for no Nodes.
+pub fn per_node(total: f64, nodes: usize) -> f64 {
+    if nodes > 0 { total / nodes as f64 } else { 0.0 }
+}
+
+fn median_latency<'a>(all: impl Iterator<Item = &'a Latency> + Clone) -> Latency {
+    Latency {
+        p50: median(all.clone().map(|l| l.p50)),
+        p90: median(all.clone().map(|l| l.p90)),
+        p99: median(all.clone().map(|l| l.p99)),
+        max: median(all.map(|l| l.max)),
+    }
+}
+
+fn median_usize(values: impl Iterator<Item = usize>) -> usize {
+    median(values.map(|v| v as f64)).round() as usize
+}
+
+impl CeilingRun {
+    fn median(runs: &[&CeilingRun]) -> Self {
+        let m = |f: fn(&CeilingRun) -> f64| median(runs.iter().map(|r| f(r)));
+        Self {
+            nodes_created: median_usize(runs.iter().map(|r| r.nodes_created)),
+            missing: runs.iter().map(|r| r.missing).max().unwrap_or(0),
+            elapsed_seconds: m(|r| r.elapsed_seconds),
+            nodes_per_second: m(|r| r.nodes_per_second),
+            latency_seconds: median_latency(runs.iter().map(|r| &r.latency_seconds)),
+            workload_requests: m(|r| r.workload_requests),
+            requests_per_node: m(|r| r.requests_per_node),
+        }
+    }
+}
+
+impl Run {
+    /// Each figure the median of the runs' (a ratio: the median of the runs' ratios, each
+    /// measured like for like in its own run); errors (duplicates, missing) the worst run's.
+    pub fn median(runs: &[Run]) -> Run {
+        let m = |f: fn(&Run) -> f64| median(runs.iter().map(f));
+        let ceilings: Vec<&CeilingRun> = runs.iter().filter_map(|r| r.ceiling.as_ref()).collect();
+        let shard_count = runs.iter().map(|r| r.shard_count).max().unwrap_or(0);
+        let shards = (0..shard_count)
+            .map(|index| {
+                let of: Vec<&ShardReport> = runs
+                    .iter()
+                    .filter_map(|r| r.shards.iter().find(|s| s.index == index))
+                    .collect();
+                let m = |f: fn(&ShardReport) -> f64| median(of.iter().map(|s| f(s)));
+                ShardReport {
+                    index,
+                    clusters: of.first().map(|s| s.clusters).unwrap_or(0),
+                    nodes_expected: of.first().map(|s| s.nodes_expected).unwrap_or(0),
+                    nodes_created: m(|s| s.nodes_created),
+                    nodes_per_second: m(|s| s.nodes_per_second),
+                    peak_rss_bytes: m(|s| s.peak_rss_bytes as f64).round() as u64,
+                    cpu_seconds: m(|s| s.cpu_seconds),
+                    workload_clients: m(|s| s.workload_clients),
+                }
+            })
+            .collect();
+        Run {
+            nodes_created: median_usize(runs.iter().map(|r| r.nodes_created)),
+            duplicates: runs.iter().map(|r| r.duplicates).max().unwrap_or(0),
+            missing: runs.iter().map(|r| r.missing).max().unwrap_or(0),
+            elapsed_seconds: m(|r| r.elapsed_seconds),
+            provisioning_seconds: m(|r| r.provisioning_seconds),
+            controller_ready_seconds: median_some(runs.iter().map(|r| r.controller_ready_seconds)),
+            nodes_per_second: m(|r| r.nodes_per_second),
+            latency_seconds: median_latency(runs.iter().map(|r| &r.latency_seconds)),
+            controller_histogram: HistogramSummary {
+                count: m(|r| r.controller_histogram.count),
+                p50: m(|r| r.controller_histogram.p50),
+                p90: m(|r| r.controller_histogram.p90),
+                p99: m(|r| r.controller_histogram.p99),
+            },
+            controller_nodes_created_total: m(|r| r.controller_nodes_created_total),
+            workload_requests: m(|r| r.workload_requests),
+            requests_per_node: m(|r| r.requests_per_node),
+            ceiling: (!ceilings.is_empty()).then(|| CeilingRun::median(&ceilings)),
+            ratio_to_ceiling: median_some(runs.iter().map(|r| r.ratio_to_ceiling)),
+            latency_p50_ratio_to_ceiling: median_some(
+                runs.iter().map(|r| r.latency_p50_ratio_to_ceiling),
+            ),
+            controller_peak_rss_bytes: m(|r| r.controller_peak_rss_bytes as f64).round() as u64,
+            controller_cpu_seconds: m(|r| r.controller_cpu_seconds),
+            controller_cpu_seconds_per_1000_nodes: m(|r| r.controller_cpu_seconds_per_1000_nodes),
+            controller_idle_cpu_percent: m(|r| r.controller_idle_cpu_percent),
+            workload_clients: m(|r| r.workload_clients),
+            loop_closed: median_usize(runs.iter().map(|r| r.loop_closed)),
+            shard_count,
+            shards,
+        }
+    }
+
+    /// Sets the ceiling's figures and the ratios that compare them with this run's.
+    pub fn compare_with(&mut self, ceiling: CeilingRun, drain: bool) {
+        self.ratio_to_ceiling = ratio(self.nodes_per_second, ceiling.nodes_per_second);
+        self.latency_p50_ratio_to_ceiling = if drain {
+            None
+        } else {
+            ratio(self.latency_seconds.p50, ceiling.latency_seconds.p50)
+        };
+        self.ceiling = Some(ceiling);
+    }
+}
+
+impl Report {
+    /// The report of `runs` (at least one), each figure their median.
+    pub fn of_runs(mut config: Report, runs: Vec<Run>) -> Report {
+        config.median = Run::median(&runs);
+        config.runs = runs;
+        config
+    }
 }
 
 /// Nearest-rank quantile of sorted samples.
@@ -114,6 +310,15 @@ pub use metal3_fakenode_testkit::exposition::{
     histogram_buckets, histogram_buckets_with, histogram_quantile, merge_buckets, metric_value,
     metric_value_with, samples,
 };
+
+/// The controller's counter of requests to workload API servers, by verb and code.
+pub const WORKLOAD_REQUESTS: &str = "fakenode_workload_requests_total";
+
+/// The sum of every sample of a metric, whatever its labels (e.g. a counter's verbs and
+/// codes).
+pub fn total(text: &str, name: &str) -> f64 {
+    samples(text, name).iter().map(|(_, v)| v).sum()
+}
 
 pub fn summarize_histogram(text: &str, name: &str) -> HistogramSummary {
     summarize_buckets(&histogram_buckets(text, name))
@@ -132,26 +337,88 @@ fn ms(seconds: f64) -> String {
     format!("{:.1} ms", seconds * 1000.0)
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The rates side by side and their ratio, so that a ratio is never read alone.
+fn against_ceiling(r: &Run) -> Option<String> {
+    let c = r.ceiling.as_ref()?;
+    Some(format!(
+        "controller {:.1} nodes/s, ceiling {:.1} nodes/s: ratio {}",
+        r.nodes_per_second,
+        c.nodes_per_second,
+        r.ratio_to_ceiling
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into())
+    ))
+}
+
+/// One line per run, for `--repeat`.
+fn run_line(r: &Run, drain: bool) -> String {
+    let mut text = format!(
+        "{:.1} nodes/s in {:.2} s, {}/{} dup/missing, {:.2} requests/Node, {:.2} CPU s/1000 Nodes",
+        r.nodes_per_second,
+        r.elapsed_seconds,
+        r.duplicates,
+        r.missing,
+        r.requests_per_node,
+        r.controller_cpu_seconds_per_1000_nodes
+    );
+    if !drain {
+        text.push_str(&format!(", p50 {}", ms(r.latency_seconds.p50)));
+    }
+    if let Some(c) = &r.ceiling {
+        text.push_str(&format!(
+            "; ceiling {:.1} nodes/s in {:.2} s, ratio {}",
+            c.nodes_per_second,
+            c.elapsed_seconds,
+            r.ratio_to_ceiling
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "-".into())
+        ));
+        if !drain {
+            text.push_str(&format!(", p50 {}", ms(c.latency_seconds.p50)));
+        }
+    }
+    text
+}
+
 /// The report for a person.
-pub fn render(r: &Report) -> String {
+pub fn render(report: &Report) -> String {
+    let r = &report.median;
+    let drain = report.arrival == "provisioned";
     let mut out = String::new();
-    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<34} {v}\n"));
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<38} {v}\n"));
     line(
         "clusters",
         format!(
             "{} ({} worker(s) each, {} workload API server(s))",
-            r.clusters, r.workers_per_cluster, r.workload_apiservers
+            report.clusters, report.workers_per_cluster, report.workload_apiservers
         ),
     );
     line(
         "arrival",
-        r.arrival_rate
-            .map(|a| format!("{a} machines/s"))
-            .unwrap_or_else(|| "all at once".into()),
+        match (report.arrival.as_str(), report.arrival_rate) {
+            (_, Some(a)) => format!("{a} machines/s (rate)"),
+            ("provisioned", _) => {
+                "every host provisioned before the controller starts (a drain)".into()
+            }
+            _ => "all at once (burst)".into(),
+        },
     );
+    if report.runs.len() > 1 {
+        line(
+            "runs",
+            format!(
+                "{}: each figure is the median, every run is listed below",
+                report.runs.len()
+            ),
+        );
+    }
     line(
         "nodes expected / created",
-        format!("{} / {}", r.nodes_expected, r.nodes_created),
+        format!("{} / {}", report.nodes_expected, r.nodes_created),
     );
     line(
         "duplicates / missing",
@@ -159,10 +426,18 @@ pub fn render(r: &Report) -> String {
     );
     line(
         "elapsed",
-        format!(
-            "{:.2} s (hosts provisioned over the first {:.2} s)",
-            r.elapsed_seconds, r.provisioning_seconds
-        ),
+        if drain {
+            format!(
+                "{:.2} s from the controller's start (ready after {:.2} s)",
+                r.elapsed_seconds,
+                r.controller_ready_seconds.unwrap_or(0.0)
+            )
+        } else {
+            format!(
+                "{:.2} s (hosts provisioned over the first {:.2} s)",
+                r.elapsed_seconds, r.provisioning_seconds
+            )
+        },
     );
     line("throughput", format!("{:.1} nodes/s", r.nodes_per_second));
     // One controller needs no breakdown: its line would repeat the total.
@@ -171,12 +446,12 @@ pub fn render(r: &Report) -> String {
             line(
                 &format!("shard {} of {}", s.index, r.shard_count),
                 format!(
-                    "{} / {} nodes ({} clusters), {:.1} nodes/s, {:.1} MiB, {:.2} s CPU",
+                    "{} / {} nodes ({} clusters), {:.1} nodes/s, {}, {:.2} s CPU",
                     s.nodes_created,
                     s.nodes_expected,
                     s.clusters,
                     s.nodes_per_second,
-                    s.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+                    mib(s.peak_rss_bytes),
                     s.cpu_seconds
                 ),
             );
@@ -190,16 +465,18 @@ pub fn render(r: &Report) -> String {
             ),
         );
     }
-    let l = &r.latency_seconds;
-    line(
-        "latency p50/p90/p99/max (harness)",
+    let quantiles = |l: &Latency| {
         format!(
             "{} / {} / {} / {}",
             ms(l.p50),
             ms(l.p90),
             ms(l.p99),
             ms(l.max)
-        ),
+        )
+    };
+    line(
+        "latency p50/p90/p99/max (harness)",
+        quantiles(&r.latency_seconds),
     );
     let h = &r.controller_histogram;
     line(
@@ -212,23 +489,60 @@ pub fn render(r: &Report) -> String {
             h.count
         ),
     );
-    if let (Some(c), Some(ratio)) = (r.ceiling_nodes_per_second, r.ratio_to_ceiling) {
+    if let Some(c) = &r.ceiling {
         line(
-            "ceiling (plain client)",
-            format!("{c:.1} nodes/s, ratio {ratio:.2}"),
+            "ceiling (plain client, no rate limit)",
+            format!(
+                "{} / {} Nodes in {:.2} s",
+                c.nodes_created, report.nodes_expected, c.elapsed_seconds
+            ),
         );
+        if let Some(text) = against_ceiling(r) {
+            line("throughput against the ceiling", text);
+        }
+        if !drain {
+            line(
+                "latency p50/p90/p99/max (ceiling)",
+                quantiles(&c.latency_seconds),
+            );
+            line(
+                "latency p50 against the ceiling",
+                format!(
+                    "controller {}, ceiling {}: ratio {}",
+                    ms(r.latency_seconds.p50),
+                    ms(c.latency_seconds.p50),
+                    r.latency_p50_ratio_to_ceiling
+                        .map(|x| format!("{x:.2}"))
+                        .unwrap_or_else(|| "-".into())
+                ),
+            );
+        }
     }
+    line(
+        "requests per Node (workload)",
+        match &r.ceiling {
+            Some(c) => format!(
+                "controller {:.2} ({} requests), ceiling {:.2} ({} requests)",
+                r.requests_per_node, r.workload_requests, c.requests_per_node, c.workload_requests
+            ),
+            None => format!(
+                "{:.2} ({} requests)",
+                r.requests_per_node, r.workload_requests
+            ),
+        },
+    );
     let all = if r.shards.len() > 1 {
         " (all shards)"
     } else {
         ""
     };
     line(
+        &format!("controller CPU per 1000 Nodes{all}"),
+        format!("{:.2} s", r.controller_cpu_seconds_per_1000_nodes),
+    );
+    line(
         &format!("controller peak RSS{all}"),
-        format!(
-            "{:.1} MiB",
-            r.controller_peak_rss_bytes as f64 / (1024.0 * 1024.0)
-        ),
+        mib(r.controller_peak_rss_bytes),
     );
     line(
         &format!("controller CPU{all}"),
@@ -240,8 +554,13 @@ pub fn render(r: &Report) -> String {
     line("workload clients", format!("{}", r.workload_clients));
     line(
         "loop closed (providerID set)",
-        format!("{} / {}", r.loop_closed, r.nodes_expected),
+        format!("{} / {}", r.loop_closed, report.nodes_expected),
     );
+    if report.runs.len() > 1 {
+        for (i, run) in report.runs.iter().enumerate() {
+            line(&format!("run {}", i + 1), run_line(run, drain));
+        }
+    }
     out
 }
 
@@ -334,6 +653,16 @@ mod tests {
     }
 
     #[test]
+    fn a_counters_samples_add_up_whatever_their_labels() {
+        assert_eq!(total(SHARDED, WORKLOAD_REQUESTS), 24.0);
+        let two = "fakenode_workload_requests_total{code=\"201\",verb=\"create\"} 10\n\
+            fakenode_workload_requests_total{code=\"200\",verb=\"patch\"} 20\n\
+            fakenode_workload_requests_total_other 5\n";
+        assert_eq!(total(two, WORKLOAD_REQUESTS), 30.0);
+        assert_eq!(total(two, "absent"), 0.0);
+    }
+
+    #[test]
     fn shards_histograms_add_up_per_bound() {
         let a = vec![(0.1, 2.0), (0.2, 4.0), (f64::INFINITY, 4.0)];
         let b = vec![(0.1, 0.0), (0.2, 6.0), (f64::INFINITY, 6.0)];
@@ -341,6 +670,18 @@ mod tests {
         assert_eq!(merged, [(0.1, 2.0), (0.2, 10.0), (f64::INFINITY, 10.0)]);
         assert_eq!(summarize_buckets(&merged).count, 10.0);
         assert!(merge_buckets(&[]).is_empty());
+    }
+
+    fn report(runs: Vec<Run>) -> Report {
+        Report::of_runs(
+            Report {
+                clusters: 10,
+                nodes_expected: 10,
+                arrival: "burst".into(),
+                ..Report::default()
+            },
+            runs,
+        )
     }
 
     #[test]
@@ -353,17 +694,17 @@ mod tests {
             nodes_per_second: nodes / 2.0,
             ..ShardReport::default()
         };
-        let one = Report {
+        let one = report(vec![Run {
             shard_count: 1,
             shards: vec![shard(0, 10.0)],
-            ..Report::default()
-        };
+            ..Run::default()
+        }]);
         assert!(!render(&one).contains("shard"), "{}", render(&one));
-        let two = Report {
+        let two = report(vec![Run {
             shard_count: 2,
             shards: vec![shard(0, 6.0), shard(1, 4.0)],
-            ..Report::default()
-        };
+            ..Run::default()
+        }]);
         let text = render(&two);
         assert!(
             text.contains("shard 0 of 2") && text.contains("shard 1 of 2"),
@@ -373,29 +714,155 @@ mod tests {
     }
 
     #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median([]), 0.0);
+        assert_eq!(median([f64::NAN, 5.0]), 5.0);
+        assert_eq!(median_some([None, Some(2.0), Some(4.0)]), Some(3.0));
+        assert_eq!(median_some([None, None]), None);
+    }
+
+    #[test]
+    fn ratios_and_rates_never_divide_by_zero() {
+        assert_eq!(ratio(50.0, 100.0), Some(0.5));
+        assert_eq!(ratio(50.0, 0.0), None);
+        assert_eq!(ratio(f64::NAN, 1.0), None);
+        assert_eq!(per_second(100.0, 4.0), 25.0);
+        assert_eq!(per_second(100.0, 0.0), 0.0);
+        assert_eq!(per_node(300.0, 100), 3.0);
+        assert_eq!(per_node(300.0, 0), 0.0);
+    }
+
+    fn measured(rate: f64, ceiling: f64, p50: f64, duplicates: usize) -> Run {
+        let mut run = Run {
+            nodes_created: 10,
+            duplicates,
+            elapsed_seconds: 10.0 / rate,
+            nodes_per_second: rate,
+            latency_seconds: Latency {
+                p50,
+                ..Latency::default()
+            },
+            requests_per_node: 3.0,
+            shard_count: 1,
+            shards: vec![ShardReport {
+                nodes_per_second: rate,
+                ..ShardReport::default()
+            }],
+            ..Run::default()
+        };
+        run.compare_with(
+            CeilingRun {
+                nodes_created: 10,
+                nodes_per_second: ceiling,
+                latency_seconds: Latency {
+                    p50: 0.01,
+                    ..Latency::default()
+                },
+                ..CeilingRun::default()
+            },
+            false,
+        );
+        run
+    }
+
+    #[test]
+    fn each_figure_of_repeated_runs_is_their_median_and_errors_the_worst() {
+        let runs = vec![
+            measured(40.0, 100.0, 0.02, 0),
+            measured(80.0, 100.0, 0.03, 1),
+            measured(60.0, 50.0, 0.04, 0),
+        ];
+        assert_eq!(runs[0].ratio_to_ceiling, Some(0.4));
+        assert_eq!(runs[0].latency_p50_ratio_to_ceiling, Some(2.0));
+        let r = report(runs);
+        assert_eq!(r.runs.len(), 3);
+        let m = &r.median;
+        assert_eq!(m.nodes_per_second, 60.0);
+        assert_eq!(m.shards[0].nodes_per_second, 60.0);
+        assert_eq!(m.latency_seconds.p50, 0.03);
+        // The ratio is the median of the runs' own ratios (0.4, 0.8, 1.2).
+        assert_eq!(m.ratio_to_ceiling, Some(0.8));
+        assert_eq!(m.ceiling.as_ref().map(|c| c.nodes_per_second), Some(100.0));
+        assert_eq!(m.duplicates, 1, "the worst run's");
+        let text = render(&r);
+        assert!(text.contains("3: each figure is the median"), "{text}");
+        assert!(text.contains("run 1") && text.contains("run 3"), "{text}");
+        // Every ratio stands beside both rates.
+        assert!(
+            text.contains("controller 60.0 nodes/s, ceiling 100.0 nodes/s: ratio 0.80"),
+            "{text}"
+        );
+        assert!(text.contains("ratio 1.20"), "{text}");
+        assert!(
+            text.contains("controller 30.0 ms, ceiling 10.0 ms: ratio 3.00"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_drain_has_no_latency_ratio_and_says_when_the_controller_was_ready() {
+        let mut run = Run {
+            nodes_created: 10,
+            nodes_per_second: 5.0,
+            controller_ready_seconds: Some(0.5),
+            ..Run::default()
+        };
+        run.compare_with(
+            CeilingRun {
+                nodes_per_second: 10.0,
+                ..CeilingRun::default()
+            },
+            true,
+        );
+        assert_eq!(run.ratio_to_ceiling, Some(0.5));
+        assert_eq!(run.latency_p50_ratio_to_ceiling, None);
+        let r = Report::of_runs(
+            Report {
+                arrival: "provisioned".into(),
+                ..Report::default()
+            },
+            vec![run],
+        );
+        let text = render(&r);
+        assert!(
+            text.contains("a drain") && text.contains("ready after 0.50 s"),
+            "{text}"
+        );
+        assert!(!text.contains("latency p50 against"), "{text}");
+        assert!(!text.contains("run 1"), "one run, no list: {text}");
+    }
+
+    #[test]
     fn the_json_has_the_documented_keys() {
-        let v = serde_json::to_value(Report::default()).unwrap();
+        let v = serde_json::to_value(report(vec![Run::default()])).unwrap();
         for key in [
             "clusters",
+            "arrival",
             "nodes_expected",
             "nodes_created",
             "duplicates",
             "elapsed_seconds",
             "nodes_per_second",
             "latency_seconds",
-            "ceiling_nodes_per_second",
+            "ceiling",
             "ratio_to_ceiling",
+            "requests_per_node",
+            "controller_cpu_seconds_per_1000_nodes",
             "controller_peak_rss_bytes",
             "controller_cpu_seconds",
             "workload_clients",
             "shard_count",
             "shards",
+            "runs",
         ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         for key in ["p50", "p90", "p99", "max"] {
             assert!(v["latency_seconds"].get(key).is_some(), "{key}");
         }
-        assert!(v["ceiling_nodes_per_second"].is_null());
+        assert!(v["ceiling"].is_null());
+        assert_eq!(v["runs"].as_array().map(Vec::len), Some(1));
     }
 }
