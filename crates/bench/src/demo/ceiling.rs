@@ -48,6 +48,8 @@ pub fn controller_run_args(flags: &[String]) -> anyhow::Result<RunArgs> {
 pub fn unthrottled(mut settings: Settings) -> Settings {
     settings.qps = NonZeroU32::MAX;
     settings.burst = NonZeroU32::MAX;
+    settings.kubelet_qps = NonZeroU32::MAX;
+    settings.kubelet_burst = NonZeroU32::MAX;
     settings
 }
 
