@@ -181,6 +181,7 @@ impl Bookkeeping {
             first_seen: *timing.needed.get_or_insert(now),
             process_started,
             certificates_annotated: timing.certificates_annotated,
+            registered: timing.registered,
         }
     }
 
@@ -238,6 +239,8 @@ struct Timing {
     withheld: bool,
     /// Its KubeadmConfig carries the certificates' expiry.
     certificates_annotated: bool,
+    /// When it was last registered in full, and the registration's fingerprint.
+    registered: Option<(Timestamp, u64)>,
 }
 
 struct Context {
@@ -1128,6 +1131,14 @@ async fn reconcile_one(
                 }
                 Steps::Register(steps) => {
                     register(m3m, &desired, &steps, ctx, &key).await?;
+                    lock(&shared.book.timings)
+                        .entry(key.to_string())
+                        .or_default()
+                        .registered = Some((now, plan::registration_fingerprint(&desired)));
+                    Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
+                }
+                Steps::Registered => {
+                    debug!("registered moments ago with the same inputs: nothing to send");
                     Ok((Action::requeue(RECHECK_AFTER), ReconcileResult::Ensured))
                 }
             }

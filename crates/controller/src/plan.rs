@@ -349,6 +349,32 @@ pub struct Memory {
     pub process_started: Timestamp,
     /// Its KubeadmConfig carries the certificates' expiry already.
     pub certificates_annotated: bool,
+    /// When this process last registered it in full, and for what (see
+    /// [`registration_fingerprint`]).
+    pub registered: Option<(Timestamp, u64)>,
+}
+
+/// How long a full registration stands for the same inputs. A Metal3Machine is often
+/// reconciled again right after its Node was made (the host's, Machine's and Cluster's
+/// watch events of one change arrive one after the other): those reconciles send nothing.
+/// The periodic re-check comes later and does send, so a Node deleted behind the
+/// controller's back is still made again.
+pub const REGISTRATION_STANDS: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// What a registration depends on: the workload cluster and its kubeconfig, the Node's
+/// name and host, whether a kubeadm-config and an etcd Pod go with it. Two reconciles
+/// with the same fingerprint would send the same requests.
+pub fn registration_fingerprint(desired: &Desired) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    desired.cluster.namespace.hash(&mut h);
+    desired.cluster.name.hash(&mut h);
+    desired.kubeconfig.value.0.hash(&mut h);
+    desired.node.metadata.name.hash(&mut h);
+    node::host_uid(&desired.node).hash(&mut h);
+    desired.kubeadm_config.is_some().hash(&mut h);
+    desired.stacked_etcd.hash(&mut h);
+    h.finish()
 }
 
 /// What a Metal3Machine that needs a Node gets now.
@@ -360,6 +386,8 @@ pub enum Steps {
     Booting { due: Timestamp },
     /// What its kubelet and kubeadm leave in the workload cluster, in this order.
     Register(Box<Registration>),
+    /// Registered moments ago with the same inputs: nothing to send.
+    Registered,
 }
 
 /// The requests of a registration, decided before any of them is sent.
@@ -401,6 +429,11 @@ pub fn steps(
     let due = fidelity.startup_due(needed, host_uid);
     if now < due {
         return Steps::Booting { due };
+    }
+    if memory.registered.is_some_and(|(at, fingerprint)| {
+        now < at + REGISTRATION_STANDS && fingerprint == registration_fingerprint(desired)
+    }) {
+        return Steps::Registered;
     }
     let annotate_certificates = (fidelity.annotate_certificate_expiry
         && desired.kubeadm_config.is_some()
@@ -1196,7 +1229,51 @@ mod tests {
             first_seen: now().0,
             process_started: "2026-11-26T07:00:00Z".parse().unwrap(),
             certificates_annotated: false,
+            registered: None,
         }
+    }
+
+    #[test]
+    fn a_registration_just_made_with_the_same_inputs_is_not_sent_again() {
+        let (w, m3m) = world();
+        let desired = ensure(&w, &m3m);
+        let at = now().0;
+        let fidelity = Fidelity::default();
+        let registered = |at, fingerprint| Memory {
+            registered: Some((at, fingerprint)),
+            ..memory()
+        };
+        let same = registration_fingerprint(&desired);
+        let soon = at + jiff::SignedDuration::from_secs(5);
+        assert_eq!(
+            steps(&desired, &m3m, &fidelity, &registered(at, same), soon),
+            Steps::Registered
+        );
+        // Past the window (the periodic re-check), or with other inputs: sent again.
+        let later = at + REGISTRATION_STANDS;
+        assert!(matches!(
+            steps(&desired, &m3m, &fidelity, &registered(at, same), later),
+            Steps::Register(_)
+        ));
+        assert!(matches!(
+            steps(&desired, &m3m, &fidelity, &registered(at, same ^ 1), soon),
+            Steps::Register(_)
+        ));
+        let mut rotated = desired.clone();
+        rotated.kubeconfig.value.0.push(b'\n');
+        assert_ne!(
+            registration_fingerprint(&rotated),
+            same,
+            "a rotated kubeconfig"
+        );
+        let mut other_host = desired.clone();
+        other_host
+            .node
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(crate::resources::UUID_LABEL.to_string(), "another".into());
+        assert_ne!(registration_fingerprint(&other_host), same, "another host");
     }
 
     fn steps_of(fidelity: &Fidelity, memory: &Memory, at: Timestamp) -> Steps {
