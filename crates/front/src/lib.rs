@@ -10,6 +10,7 @@
 //! Modules, each depending only on those above it:
 //! - [`error`]: the one error enum, and the `Status` a client reads.
 //! - [`clusters`]: the served clusters as data.
+//! - [`metrics`]: the Prometheus metrics, labelled by nothing that names a cluster.
 //! - [`plan`]: which listeners to start and stop (pure).
 //! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure; the
 //!   Cluster watcher that feeds it is still to come).
@@ -26,6 +27,7 @@ pub mod discovery;
 pub mod error;
 pub mod front;
 pub mod listener;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod proxy;
