@@ -12,16 +12,19 @@
 //! - [`clusters`]: the served clusters as data.
 //! - [`metrics`]: the Prometheus metrics, labelled by nothing that names a cluster.
 //! - [`plan`]: which listeners to start and stop (pure).
-//! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure; the
-//!   Cluster watcher that feeds it is still to come).
+//! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure).
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
 //! - [`discovery`], [`request`], [`watch`]: the pure halves of proxying.
 //! - [`proxy`]: one cluster's requests through the backing server.
 //! - [`listener`]: one cluster's TLS listener.
 //! - [`front`]: observe → plan → apply over all clusters.
+//! - [`removal`]: a removed cluster's objects deleted from the backing server.
+//! - [`cluster_watch`]: the Cluster watcher feeding the front, recording prefixes,
+//!   saying refusals and removing what Clusters gone left behind.
 //! - [`cli`]: the binary's arguments and its run.
 
 pub mod cli;
+pub mod cluster_watch;
 pub mod clusters;
 pub mod discovery;
 pub mod error;
@@ -31,6 +34,7 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod proxy;
+pub mod removal;
 pub mod request;
 pub mod tls;
 pub mod watch;

@@ -20,7 +20,23 @@ pub struct Start {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub cluster: ClusterKey,
+    /// Bounded, for metrics and Event reasons: one of [`Refusal::REASONS`], or the
+    /// reason of an [`Error`](crate::Error) or a mapping refusal.
+    pub reason: &'static str,
+    /// For people: the detail, which may name other Clusters.
     pub why: String,
+}
+
+impl Refusal {
+    /// The refusals decided here and in `observe`.
+    pub const REASONS: &'static [&'static str] = &[
+        "listed_twice",
+        "endpoint_shared",
+        "port_out_of_range",
+        "incomplete_cluster",
+        "ca_secret_missing",
+        "ca_secret_incomplete",
+    ];
 }
 
 /// The changes to apply.
@@ -51,6 +67,7 @@ pub fn plan(
         if !seen.insert(&served.cluster) {
             plan.refused.push(Refusal {
                 cluster: served.cluster.clone(),
+                reason: "listed_twice",
                 why: "listed twice".into(),
             });
             continue;
@@ -75,6 +92,7 @@ pub fn plan(
             } else {
                 plan.refused.push(Refusal {
                     cluster: claimant.cluster.clone(),
+                    reason: "endpoint_shared",
                     why: format!("endpoint {endpoint} is named by {}", names.join(", ")),
                 });
             }
@@ -104,6 +122,7 @@ pub fn plan(
             }
             Err(e) => plan.refused.push(Refusal {
                 cluster: served.cluster.clone(),
+                reason: e.reason(),
                 why: e.to_string(),
             }),
         }
