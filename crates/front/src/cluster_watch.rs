@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -57,10 +58,12 @@ const REMOVAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration:
 
 /// Watches the management cluster and keeps `front` serving what it says, until
 /// `shutdown` completes.
+/// `ready` turns true after the first pass, once both stores were listed.
 pub async fn run(
     management: kube::Client,
     front: Arc<Front>,
     config: WatchConfig,
+    ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let changed = Arc::new(Notify::new());
@@ -112,6 +115,7 @@ pub async fn run(
         clusters,
         secrets,
         recorder,
+        ready,
     };
     tokio::select! {
         () = watches => Ok(()),
@@ -127,6 +131,7 @@ struct Shell {
     clusters: Store<Cluster>,
     secrets: Store<Secret>,
     recorder: Recorder,
+    ready: Arc<AtomicBool>,
 }
 
 /// What the loop carries from one pass to the next.
@@ -158,6 +163,7 @@ impl Shell {
         let mut memory = Memory::default();
         self.pass(&mut memory).await;
         memory.strays = self.strays().await;
+        self.ready.store(true, Ordering::Relaxed);
         loop {
             let wake = memory.removals.values().map(|r| r.at).min();
             tokio::select! {

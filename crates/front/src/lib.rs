@@ -21,6 +21,7 @@
 //! - [`removal`]: a removed cluster's objects deleted from the backing server.
 //! - [`cluster_watch`]: the Cluster watcher feeding the front, recording prefixes,
 //!   saying refusals and removing what Clusters gone left behind.
+//! - [`http`]: `/metrics`, `/healthz` and `/readyz` on a port of their own.
 //! - [`cli`]: the binary's arguments and its run.
 
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod clusters;
 pub mod discovery;
 pub mod error;
 pub mod front;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
