@@ -196,6 +196,7 @@ impl Shell {
         );
         let outcome = self.front.reconcile(&wanted).await;
         refused.extend(outcome.refused);
+        refused.extend(outcome.contested);
         refused.extend(outcome.failed.into_iter().map(|(cluster, e)| Refusal {
             cluster,
             reason: e.reason(),
@@ -223,7 +224,8 @@ impl Shell {
         self.remove_due(memory).await;
     }
 
-    /// One refusal, said once: an Event on the Cluster, a log line, a metric.
+    /// One refusal, said once: an Event on the Cluster, a log line, a metric. (A contested
+    /// endpoint is said the same way, though its Cluster stays served.)
     async fn say(&self, refusal: &Refusal, clusters: &[Arc<Cluster>]) {
         tracing::warn!(cluster = %refusal.cluster, reason = refusal.reason, why = %refusal.why, "not served");
         self.front
@@ -430,9 +432,14 @@ impl RefusalsSaid {
     }
 }
 
-/// An Event reason (PascalCase, as Kubernetes writes them) from a refusal reason.
+/// An Event reason (PascalCase, as Kubernetes writes them) from a refusal reason:
+/// `NotServed…`, except for a contested endpoint, whose Cluster is still served.
 pub fn event_reason(reason: &str) -> String {
-    let mut out = String::from("NotServed");
+    let mut out = String::from(if reason == "endpoint_contested" {
+        ""
+    } else {
+        "NotServed"
+    });
     for word in reason.split('_') {
         let mut chars = word.chars();
         if let Some(first) = chars.next() {
@@ -562,6 +569,7 @@ mod tests {
     fn event_reasons_are_pascal_case() {
         assert_eq!(event_reason("endpoint_shared"), "NotServedEndpointShared");
         assert_eq!(event_reason("ca"), "NotServedCa");
+        assert_eq!(event_reason("endpoint_contested"), "EndpointContested");
         assert_eq!(truncate("abcdef", 3), "abc…");
         assert_eq!(truncate("abc", 3), "abc");
     }

@@ -37,6 +37,8 @@ pub struct Outcome {
     pub refused: Vec<Refusal>,
     /// Clusters whose listener could not start (a bad CA, a port taken...).
     pub failed: Vec<(ClusterKey, Error)>,
+    /// Clusters served on an endpoint that others name too: still served, but told.
+    pub contested: Vec<Refusal>,
 }
 
 struct Served {
@@ -158,6 +160,7 @@ impl Front {
             tracing::warn!(cluster = %refusal.cluster, why = %refusal.why, "not served");
         }
         outcome.refused = plan.refused;
+        outcome.contested = plan.contested;
         for start in plan.start {
             let key = start.served.cluster.clone();
             match self.start(start, state).await {

@@ -32,6 +32,7 @@ impl Refusal {
     pub const REASONS: &'static [&'static str] = &[
         "listed_twice",
         "endpoint_shared",
+        "endpoint_contested",
         "port_out_of_range",
         "incomplete_cluster",
         "ca_secret_missing",
@@ -46,6 +47,9 @@ pub struct Plan {
     pub stop: Vec<ClusterKey>,
     pub start: Vec<Start>,
     pub refused: Vec<Refusal>,
+    /// Clusters still served on an endpoint another Cluster names too (reason
+    /// `endpoint_contested`): both are told, not only the newcomer.
+    pub contested: Vec<Refusal>,
 }
 
 /// Decides the changes. `running` is what each listener was started with; `recorded`
@@ -89,6 +93,14 @@ pub fn plan(
         for claimant in &claimants {
             if incumbent.is_some_and(|i| i.cluster == claimant.cluster) {
                 accepted.push(claimant);
+                plan.contested.push(Refusal {
+                    cluster: claimant.cluster.clone(),
+                    reason: "endpoint_contested",
+                    why: format!(
+                        "endpoint {endpoint} is also named by {}; this Cluster keeps it",
+                        names.join(", ")
+                    ),
+                });
             } else {
                 plan.refused.push(Refusal {
                     cluster: claimant.cluster.clone(),
@@ -219,6 +231,10 @@ mod tests {
         assert!(plan.start.is_empty() && plan.stop.is_empty());
         assert_eq!(plan.refused.len(), 1);
         assert_eq!(plan.refused[0].cluster, b.cluster);
+        // The incumbent is told too.
+        assert_eq!(plan.contested.len(), 1);
+        assert_eq!(plan.contested[0].cluster, a.cluster);
+        assert_eq!(plan.contested[0].reason, "endpoint_contested");
     }
 
     #[test]

@@ -583,7 +583,7 @@ async fn two_clusters_naming_one_endpoint_each_get_one_event() {
         cluster(&admin, ns, name, host, port, json!({})).await;
     }
     let events: Api<Event> = Api::namespaced(admin.clone(), ns);
-    let shared = |name: &'static str| {
+    let said = |reason: &'static str, name: &'static str| {
         let events = events.clone();
         async move {
             events
@@ -593,7 +593,7 @@ async fn two_clusters_naming_one_endpoint_each_get_one_event() {
                 .items
                 .into_iter()
                 .filter(|e| {
-                    e.reason.as_deref() == Some("NotServedEndpointShared")
+                    e.reason.as_deref() == Some(reason)
                         && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
                 })
                 .collect::<Vec<_>>()
@@ -601,7 +601,7 @@ async fn two_clusters_naming_one_endpoint_each_get_one_event() {
     };
     for name in ["x", "y"] {
         eventually("an Event on each Cluster", || async {
-            (shared(name).await.len() == 1).then_some(())
+            (said("NotServedEndpointShared", name).await.len() == 1).then_some(())
         })
         .await;
     }
@@ -620,14 +620,44 @@ async fn two_clusters_naming_one_endpoint_each_get_one_event() {
         "{metrics}"
     );
     for name in ["x", "y"] {
-        let said = shared(name).await;
-        assert_eq!(said.len(), 1);
-        assert_eq!(said[0].series.as_ref().map(|s| s.count), None, "said once");
+        let once = said("NotServedEndpointShared", name).await;
+        assert_eq!(once.len(), 1);
+        assert_eq!(once[0].series.as_ref().map(|s| s.count), None, "said once");
     }
     assert!(
         tokio::net::TcpStream::connect((host, port)).await.is_err(),
         "neither is served"
     );
+
+    // A Cluster already served keeps its endpoint; the newcomer is refused, and both
+    // are told.
+    let port = envtest::free_port().unwrap();
+    let ca = ClusterCa::new("k-ca").unwrap();
+    ca_secret(&admin, ns, "k", &ca).await;
+    let uid = cluster(&admin, ns, "k", host, port, json!({})).await;
+    let prefix = recorded_prefix(&admin, ns, "k", &uid).await;
+    ca_secret(&admin, ns, "n", &ClusterCa::new("n-ca").unwrap()).await;
+    cluster(&admin, ns, "n", host, port, json!({})).await;
+    eventually("an Event on the newcomer", || async {
+        (said("NotServedEndpointShared", "n").await.len() == 1).then_some(())
+    })
+    .await;
+    eventually("an Event on the Cluster keeping the endpoint", || async {
+        (said("EndpointContested", "k").await.len() == 1).then_some(())
+    })
+    .await;
+    tenant(host, port, &ca).await;
+    for name in ["k", "n"] {
+        clusters(&admin, ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    // Left for the next scenario's front, they would count as its removals.
+    eventually("the served cluster's objects to be removed", || async {
+        backing_objects(&prefix).await.is_empty().then_some(())
+    })
+    .await;
     running.stop().await;
 }
 
