@@ -163,6 +163,16 @@ impl Shell {
         let mut memory = Memory::default();
         self.pass(&mut memory).await;
         memory.strays = self.strays().await;
+        for prefix in &memory.strays {
+            tracing::info!(%prefix, "objects in the backing server recorded on no Cluster; removing them");
+            memory.removals.insert(
+                prefix.clone(),
+                Retry {
+                    at: Instant::now(),
+                    delay: REMOVAL_BACKOFF.0,
+                },
+            );
+        }
         self.ready.store(true, Ordering::Relaxed);
         loop {
             let wake = memory.removals.values().map(|r| r.at).min();

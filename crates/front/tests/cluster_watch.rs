@@ -516,7 +516,8 @@ async fn a_cluster_naming_the_front_is_served_recorded_and_its_objects_removed_w
     not(envtest),
     ignore = "needs the local control plane: run `make test`"
 )]
-async fn a_prefix_recorded_on_a_cluster_is_the_one_it_is_served_under() {
+async fn a_prefix_recorded_on_a_cluster_is_kept_and_a_cluster_deleted_while_no_front_ran_is_removed()
+ {
     let _turn = ONE_FRONT.lock().await;
     let host = "127.0.0.3";
     let admin = env().await.management.client().await.unwrap();
@@ -548,12 +549,23 @@ async fn a_prefix_recorded_on_a_cluster_is_the_one_it_is_served_under() {
         "{objects:?}"
     );
     assert_eq!(recorded_prefix(&admin, ns, "r", &uid).await, "tq1w2e");
+    // Deleted while no front runs: the next front finds its objects in the backing server,
+    // recorded on no Cluster, and removes them.
+    running.stop().await;
     clusters(&admin, ns)
         .delete("r", &DeleteParams::default())
         .await
         .unwrap();
+    let running = start_front(host).await;
     eventually("the objects to be removed", || async {
         backing_objects("tq1w2e").await.is_empty().then_some(())
+    })
+    .await;
+    eventually("the removal to be counted", || async {
+        let metrics = running.front.metrics().render().unwrap();
+        metrics
+            .contains("metal3_fakenode_front_clusters_removed_total 1")
+            .then_some(())
     })
     .await;
     running.stop().await;
