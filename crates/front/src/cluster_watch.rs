@@ -142,7 +142,13 @@ struct Memory {
     removals: BTreeMap<Prefix, Retry>,
     /// Prefixes found in the backing server at start that no Cluster records.
     strays: BTreeSet<Prefix>,
+    /// When to pass again though nothing changed: a listener failed to start (a port
+    /// taken may be freed) or a prefix could not be recorded.
+    again: Option<Instant>,
 }
+
+/// How long a failed start or annotation waits for its retry when nothing changes.
+const RETRY_PASS: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 struct Retry {
@@ -175,7 +181,12 @@ impl Shell {
         }
         self.ready.store(true, Ordering::Relaxed);
         loop {
-            let wake = memory.removals.values().map(|r| r.at).min();
+            let wake = memory
+                .removals
+                .values()
+                .map(|r| r.at)
+                .chain(memory.again)
+                .min();
             tokio::select! {
                 () = changed.notified() => {
                     tokio::time::sleep(self.config.debounce).await;
@@ -205,6 +216,7 @@ impl Shell {
             secret,
         );
         let outcome = self.front.reconcile(&wanted).await;
+        let mut retry = !outcome.failed.is_empty();
         refused.extend(outcome.refused);
         refused.extend(outcome.contested);
         refused.extend(outcome.failed.into_iter().map(|(cluster, e)| Refusal {
@@ -218,8 +230,9 @@ impl Shell {
         let endpoints = self.front.endpoints().await;
         for (cluster, prefix) in annotations_to_write(clusters.iter().map(Arc::as_ref), &endpoints)
         {
-            self.annotate(&cluster, &prefix).await;
+            retry |= !self.annotate(&cluster, &prefix).await;
         }
+        memory.again = retry.then(|| Instant::now() + RETRY_PASS);
         let live: BTreeSet<String> = clusters.iter().filter_map(|c| c.uid()).collect();
         let recorded = self.front.recorded().await;
         for prefix in gone(&recorded, &live)
@@ -262,9 +275,9 @@ impl Shell {
         }
     }
 
-    /// Records a served cluster's prefix on its Cluster; a failure is retried on the next
-    /// pass, since the annotation still differs then.
-    async fn annotate(&self, cluster: &ClusterKey, prefix: &Prefix) {
+    /// Records a served cluster's prefix on its Cluster; false when that failed, to be
+    /// retried on a later pass (the annotation still differs then).
+    async fn annotate(&self, cluster: &ClusterKey, prefix: &Prefix) -> bool {
         let api: Api<Cluster> = Api::namespaced(self.management.clone(), &cluster.namespace);
         let patch = serde_json::json!({
             "metadata": {
@@ -281,10 +294,14 @@ impl Shell {
             )
             .await
         {
-            Ok(_) => tracing::info!(%cluster, %prefix, "prefix recorded on the Cluster"),
+            Ok(_) => {
+                tracing::info!(%cluster, %prefix, "prefix recorded on the Cluster");
+                true
+            }
             Err(e) => {
                 let e = Error::Management(e);
-                tracing::warn!(%cluster, reason = e.reason(), error = %e, "cannot record the prefix; retrying on the next change");
+                tracing::warn!(%cluster, reason = e.reason(), error = %e, "cannot record the prefix; retrying");
+                false
             }
         }
     }
@@ -460,11 +477,16 @@ pub fn event_reason(reason: &str) -> String {
     out
 }
 
+/// At most `max` bytes (an Event note's limit), cut at a character boundary.
 fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
+    if text.len() <= max {
+        return text.to_string();
     }
+    let mut at = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}…", &text[..at])
 }
 
 #[cfg(test)]
@@ -580,7 +602,8 @@ mod tests {
         assert_eq!(event_reason("endpoint_shared"), "NotServedEndpointShared");
         assert_eq!(event_reason("ca"), "NotServedCa");
         assert_eq!(event_reason("endpoint_contested"), "EndpointContested");
-        assert_eq!(truncate("abcdef", 3), "abc…");
+        assert_eq!(truncate("abcdef", 4), "a…");
         assert_eq!(truncate("abc", 3), "abc");
+        assert!(truncate(&"é".repeat(600), 1000).len() <= 1000);
     }
 }
