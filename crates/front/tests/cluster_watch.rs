@@ -2,9 +2,10 @@
 //! CRDs, and a backing server. The watcher runs with nothing but a token of the deploy's
 //! ServiceAccount for the front (deploy/components/tenancy-front), so every scenario
 //! also proves its ClusterRole is enough. A Cluster naming the front is served on its
-//! port with its CA and gets its prefix recorded; a prefix already recorded is kept; two
-//! Clusters on one endpoint each get one Event; a deleted or recreated Cluster's objects
-//! leave the backing server. Last, the two identities: the front's reads Secrets, the
+//! port with its CA and gets its prefix recorded; a prefix already recorded is kept; each
+//! Cluster refused (two on one endpoint, an unusable CA) gets one Event, and one keeping
+//! a contested endpoint is told; a deleted or recreated Cluster's objects leave the
+//! backing server, also when it was deleted while no front ran. Last, the two identities: the front's reads Secrets, the
 //! controller's role is unchanged and patches no Cluster.
 //!
 //! The scenarios take turns (`ONE_FRONT`): a front removes the objects of every Cluster
@@ -273,6 +274,10 @@ async fn namespace(admin: &kube::Client, name: &str) {
 
 /// The `<cluster>-ca` Secret as CAPI writes it (labelled with the cluster's name).
 async fn ca_secret(admin: &kube::Client, ns: &str, cluster: &str, ca: &ClusterCa) {
+    ca_secret_pem(admin, ns, cluster, &ca.cert_pem(), ca.key_pem()).await;
+}
+
+async fn ca_secret_pem(admin: &kube::Client, ns: &str, cluster: &str, cert: &str, key: &str) {
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(format!("{cluster}-ca")),
@@ -284,11 +289,8 @@ async fn ca_secret(admin: &kube::Client, ns: &str, cluster: &str, ca: &ClusterCa
             ..Default::default()
         },
         data: Some(BTreeMap::from([
-            ("tls.crt".into(), ByteString(ca.cert_pem().into_bytes())),
-            (
-                "tls.key".into(),
-                ByteString(ca.key_pem().as_bytes().to_vec()),
-            ),
+            ("tls.crt".into(), ByteString(cert.as_bytes().to_vec())),
+            ("tls.key".into(), ByteString(key.as_bytes().to_vec())),
         ])),
         type_: Some("cluster.x-k8s.io/secret".into()),
         ..Default::default()
@@ -576,7 +578,7 @@ async fn a_prefix_recorded_on_a_cluster_is_kept_and_a_cluster_deleted_while_no_f
     not(envtest),
     ignore = "needs the local control plane: run `make test`"
 )]
-async fn two_clusters_naming_one_endpoint_each_get_one_event() {
+async fn each_cluster_refused_gets_one_event_two_on_one_endpoint_or_an_unusable_ca() {
     let _turn = ONE_FRONT.lock().await;
     let host = "127.0.0.4";
     let running = start_front(host).await;
@@ -665,6 +667,15 @@ async fn two_clusters_naming_one_endpoint_each_get_one_event() {
             .await
             .unwrap();
     }
+    // A CA Secret whose key is no key: refused, and said.
+    let port = envtest::free_port().unwrap();
+    let bad = ClusterCa::new("bad-ca").unwrap();
+    ca_secret_pem(&admin, ns, "bad", &bad.cert_pem(), "not a key").await;
+    cluster(&admin, ns, "bad", host, port, json!({})).await;
+    eventually("an Event on the Cluster with an unusable CA", || async {
+        (said("NotServedCa", "bad").await.len() == 1).then_some(())
+    })
+    .await;
     // Left for the next scenario's front, they would count as its removals.
     eventually("the served cluster's objects to be removed", || async {
         backing_objects(&prefix).await.is_empty().then_some(())
