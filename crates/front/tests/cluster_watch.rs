@@ -779,3 +779,85 @@ async fn the_front_holds_the_ca_keys_and_the_controllers_identity_gains_nothing(
         json!([{"kind": "ServiceAccount", "name": FRONT_IDENTITY, "namespace": DEPLOY_NAMESPACE}])
     );
 }
+
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn the_binary_watches_clusters_and_reports_on_its_own_port() {
+    let _turn = ONE_FRONT.lock().await;
+    let env = env().await;
+    let host = "127.0.0.5";
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, kubeconfig: &kube::config::Kubeconfig| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, envtest::kubeconfig_yaml(kubeconfig).unwrap()).unwrap();
+        path
+    };
+    let backing = write("backing", &env.workloads[0].admin_kubeconfig());
+    let management = write("management", &env.management.admin_kubeconfig());
+    let metrics = format!("127.0.0.1:{}", envtest::free_port().unwrap());
+    let _front = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_metal3-fakenode-front"))
+            .args(["--backing-kubeconfig"])
+            .arg(&backing)
+            .args(["--management-kubeconfig"])
+            .arg(&management)
+            .args(["--host", host, "--bind", host, "--ports", "1024-65535"])
+            .args(["--metrics-address", &metrics, "--debounce-ms", "100"])
+            .args(["--log", "warn"])
+            .spawn()
+            .unwrap(),
+    );
+    eventually("/readyz to answer 200", || async {
+        let (code, _) = metal3_fakenode_testkit::probe::get(&metrics, "/readyz")
+            .await
+            .ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+
+    let admin = env.management.client().await.unwrap();
+    let ns = "watch-binary";
+    namespace(&admin, ns).await;
+    let port = envtest::free_port().unwrap();
+    let ca = ClusterCa::new("bin-ca").unwrap();
+    ca_secret(&admin, ns, "bin", &ca).await;
+    let uid = cluster(&admin, ns, "bin", host, port, json!({})).await;
+    let prefix = recorded_prefix(&admin, ns, "bin", &uid).await;
+    let client = tenant(host, port, &ca).await;
+    Api::<Node>::all(client)
+        .create(&PostParams::default(), &node("node-0"))
+        .await
+        .unwrap();
+    let (code, text) = metal3_fakenode_testkit::probe::get(&metrics, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("metal3_fakenode_front_served_clusters 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("metal3_fakenode_front_requests_total{code=\"201\",verb=\"create\"} 1"),
+        "{text}"
+    );
+    clusters(&admin, ns)
+        .delete("bin", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the deleted cluster's objects to be removed", || async {
+        backing_objects(&prefix).await.is_empty().then_some(())
+    })
+    .await;
+}
