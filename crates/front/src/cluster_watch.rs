@@ -356,11 +356,22 @@ impl Shell {
                 return BTreeSet::new();
             }
         };
-        let found: BTreeSet<Prefix> = namespaces
-            .iter()
-            .filter_map(|ns| ns.labels().get(CLUSTER_LABEL))
-            .filter_map(|value| Prefix::parse(value).ok())
-            .collect();
+        let mut found = BTreeSet::new();
+        for namespace in &namespaces {
+            let Some(value) = namespace.labels().get(CLUSTER_LABEL) else {
+                continue;
+            };
+            match Prefix::parse(value) {
+                Ok(prefix) => {
+                    found.insert(prefix);
+                }
+                // Not written by a front: left alone.
+                Err(e) => tracing::warn!(
+                    namespace = %namespace.name_any(), value, error = %e,
+                    "a backing namespace carries the tenancy label with no prefix; left alone"
+                ),
+            }
+        }
         let recorded = self.front.recorded().await;
         found
             .into_iter()
