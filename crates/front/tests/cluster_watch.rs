@@ -436,6 +436,19 @@ async fn a_cluster_naming_the_front_is_served_recorded_and_its_objects_removed_w
         before.contains(&"ConfigMap settings".to_string()),
         "{before:?}"
     );
+    // A watch relayed is counted while open.
+    let watch = Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .watch(&kube::api::WatchParams::default().timeout(30), "0")
+        .await
+        .unwrap();
+    let mut watch = Box::pin(watch);
+    futures::StreamExt::next(&mut watch).await.unwrap().unwrap();
+    let metrics = running.front.metrics().render().unwrap();
+    assert!(
+        metrics.contains("metal3_fakenode_front_watches_open 1"),
+        "{metrics}"
+    );
+    drop(watch);
     let metrics = running.front.metrics().render().unwrap();
     assert!(
         metrics.contains("metal3_fakenode_front_served_clusters 1"),
