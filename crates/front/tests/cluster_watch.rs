@@ -791,6 +791,39 @@ async fn the_front_holds_the_ca_keys_and_the_controllers_identity_gains_nothing(
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": FRONT_IDENTITY, "namespace": DEPLOY_NAMESPACE}])
     );
+
+    // The Deployment's variables are the binary's, and its Pod is admitted where the
+    // "restricted" Pod Security Standard is enforced.
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == FRONT_IDENTITY)
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let command = <front::cli::Args as clap::CommandFactory>::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    for var in pod["containers"][0]["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        assert!(
+            known.iter().any(|k| k == name),
+            "{name} is not read by the front"
+        );
+    }
+    let ns = "front-restricted";
+    let namespace = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    });
+    apply(&admin, &namespace, false).await;
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": FRONT_IDENTITY, "namespace": ns},
+        "spec": pod,
+    });
+    apply(&admin, &pod, true).await;
 }
 
 struct Process(std::process::Child);
