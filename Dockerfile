@@ -10,7 +10,9 @@ COPY crates ./crates
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p metal3-fakenode --bin metal3-fakenode \
- && cp target/release/metal3-fakenode /metal3-fakenode
+       -p metal3-fakenode-front --bin metal3-fakenode-front \
+ && cp target/release/metal3-fakenode /metal3-fakenode \
+ && cp target/release/metal3-fakenode-front /metal3-fakenode-front
 
 # Same Debian release as the build stage, so the binary finds the glibc it was linked
 # against.
@@ -19,6 +21,8 @@ FROM debian:bookworm-slim
 # bundle, so the final image needs no package manager run.
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /metal3-fakenode /usr/local/bin/metal3-fakenode
+# The tenancy front (deploy/components/tenancy-front runs it from this image).
+COPY --from=build /metal3-fakenode-front /usr/local/bin/metal3-fakenode-front
 LABEL org.opencontainers.image.source="https://github.com/metal3-io/metal3-fakenode" \
       org.opencontainers.image.title="metal3-fakenode" \
       org.opencontainers.image.description="Fake kubelets for Metal3 / Cluster API scale tests: a Ready Node for every provisioned Metal3Machine" \

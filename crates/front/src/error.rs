@@ -66,6 +66,21 @@ pub enum Error {
     },
     #[error("the list of served clusters in {path}: {message}")]
     ClusterList { path: String, message: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The management cluster refused or failed a request (recording a prefix on a
+    /// Cluster).
+    #[error("the management cluster: {0}")]
+    Management(kube::Error),
+    /// Objects of a removed cluster are still in the backing server after a pass.
+    #[error("{remaining} objects of prefix {prefix} remain in the backing server")]
+    RemovalIncomplete { prefix: String, remaining: usize },
+    #[error("serving metrics and health on {addr}: {source}")]
+    Serve {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The crate's result.
@@ -93,6 +108,10 @@ impl Error {
         "kubeconfig",
         "read_file",
         "cluster_list",
+        "metrics",
+        "management",
+        "removal_incomplete",
+        "serve",
     ];
 
     /// A bounded, snake_case label for metrics and logs.
@@ -117,6 +136,10 @@ impl Error {
             Error::Kubeconfig(_) => "kubeconfig",
             Error::ReadFile { .. } => "read_file",
             Error::ClusterList { .. } => "cluster_list",
+            Error::Metrics(_) => "metrics",
+            Error::Management(_) => "management",
+            Error::RemovalIncomplete { .. } => "removal_incomplete",
+            Error::Serve { .. } => "serve",
         }
     }
 
@@ -243,6 +266,16 @@ mod tests {
             Error::ClusterList {
                 path: s(),
                 message: s(),
+            },
+            Error::Metrics(prometheus::Error::Msg(s())),
+            Error::Management(kube::Error::ReadEvents(io())),
+            Error::RemovalIncomplete {
+                prefix: s(),
+                remaining: 0,
+            },
+            Error::Serve {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                source: io(),
             },
         ];
         let reasons: Vec<&str> = all.iter().map(Error::reason).collect();

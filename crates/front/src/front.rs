@@ -2,12 +2,13 @@
 //! steps. Observe (the caller: a file now, a Cluster watcher later) hands the wanted
 //! clusters; `plan` decides; `apply` starts and stops listeners.
 //!
-//! The prefix record lives in memory in this version. A restarted front computes the same
-//! first candidate for each Cluster UID, so prefixes survive restarts unless two UIDs
-//! collided; keeping the record in the backing server comes with the Cluster watcher.
+//! The prefix record lives in memory; the Cluster watcher keeps it on the Clusters
+//! themselves (an annotation each), hands it back with [`Front::remember`] after a
+//! restart, and retires the prefixes of Clusters gone once their objects are removed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{Method, Request, StatusCode};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -17,6 +18,7 @@ use tokio::sync::Mutex;
 use crate::clusters::ServedCluster;
 use crate::error::{Error, Result};
 use crate::listener::Listener;
+use crate::metrics::Metrics;
 use crate::plan::{self, Plan, Refusal, Start};
 use crate::proxy::ClusterProxy;
 use crate::tls;
@@ -35,6 +37,8 @@ pub struct Outcome {
     pub refused: Vec<Refusal>,
     /// Clusters whose listener could not start (a bad CA, a port taken...).
     pub failed: Vec<(ClusterKey, Error)>,
+    /// Clusters served on an endpoint that others name too: still served, but told.
+    pub contested: Vec<Refusal>,
 }
 
 struct Served {
@@ -52,23 +56,70 @@ struct State {
 /// Many workload clusters in front of one backing API server.
 pub struct Front {
     backing: kube::Client,
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
 }
 
 impl Front {
-    /// A front reaching the backing server with `backing` (its own credentials).
-    pub fn new(backing: kube::Client) -> Front {
+    /// A front reaching the backing server with `backing` (its own credentials), counting
+    /// in `metrics`.
+    pub fn with_metrics(backing: kube::Client, metrics: Arc<Metrics>) -> Front {
         Front {
             backing,
+            metrics,
             state: Mutex::new(State::default()),
         }
     }
 
+    /// A front reaching the backing server with `backing`, with metrics of its own.
+    pub fn new(backing: kube::Client) -> Result<Front> {
+        Ok(Front::with_metrics(backing, Arc::new(Metrics::new()?)))
+    }
+
     /// A front reaching the backing server as the kubeconfig says.
     pub async fn from_kubeconfig(kubeconfig: Kubeconfig) -> Result<Front> {
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        Ok(Front::new(kube::Client::try_from(config)?))
+        Front::new(backing_client(kubeconfig).await?)
+    }
+
+    /// The client of the backing server, with the front's credentials.
+    pub fn backing(&self) -> &kube::Client {
+        &self.backing
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Adds prefixes recorded elsewhere (on the Clusters) to the record, so a restarted
+    /// front gives each Cluster the prefix its objects already carry. What the Clusters
+    /// say wins over what this front allocated: they outlive it.
+    pub async fn remember(&self, recorded: &BTreeMap<Prefix, ClusterKey>) {
+        let mut state = self.state.lock().await;
+        for (prefix, key) in recorded {
+            match state.recorded.insert(prefix.clone(), key.clone()) {
+                Some(previous) if &previous != key => tracing::warn!(
+                    %prefix, was = %previous, now = %key,
+                    "a Cluster records a prefix this front had given another"
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// The prefixes handed out, and to which Cluster incarnation.
+    pub async fn recorded(&self) -> BTreeMap<Prefix, ClusterKey> {
+        self.state.lock().await.recorded.clone()
+    }
+
+    /// Forgets a prefix whose objects have been removed, unless a listener still uses it.
+    /// False when it is still served.
+    pub async fn retire(&self, prefix: &Prefix) -> bool {
+        let mut state = self.state.lock().await;
+        if state.served.values().any(|s| &s.endpoint.prefix == prefix) {
+            return false;
+        }
+        state.recorded.remove(prefix);
+        true
     }
 
     /// Serves exactly `wanted`: listeners of clusters no longer wanted stop, new ones
@@ -81,7 +132,11 @@ impl Front {
             .map(|(key, served)| (key.clone(), served.spec.clone()))
             .collect();
         let plan = plan::plan(wanted, &running, &state.recorded);
-        self.apply(&mut state, plan).await
+        let outcome = self.apply(&mut state, plan).await;
+        self.metrics
+            .served_clusters
+            .set(i64::try_from(state.served.len()).unwrap_or(i64::MAX));
+        outcome
     }
 
     /// The clusters served now.
@@ -105,6 +160,7 @@ impl Front {
             tracing::warn!(cluster = %refusal.cluster, why = %refusal.why, "not served");
         }
         outcome.refused = plan.refused;
+        outcome.contested = plan.contested;
         for start in plan.start {
             let key = start.served.cluster.clone();
             match self.start(start, state).await {
@@ -130,11 +186,11 @@ impl Front {
         let Start { served, allocation } = start;
         let key = served.cluster.clone();
         if !allocation.superseded.is_empty() {
-            // Removing an earlier incarnation's objects comes with the Cluster watcher.
-            tracing::warn!(
+            // The Cluster watcher removes them and retires the prefixes.
+            tracing::info!(
                 cluster = %key,
                 superseded = ?allocation.superseded,
-                "objects of an earlier Cluster of this name remain in the backing server"
+                "an earlier Cluster of this name has objects to remove"
             );
         }
         let prefix = allocation.prefix;
@@ -149,6 +205,7 @@ impl Front {
             format!("{}/{}", key.namespace, key.name),
             prefix.clone(),
             self.backing.clone(),
+            self.metrics.clone(),
         );
         let listener = Listener::start(served.listen, tls, proxy).await?;
         state.recorded.insert(prefix.clone(), key);
@@ -187,4 +244,11 @@ impl Front {
         }
         Ok(())
     }
+}
+
+/// A client of the backing server as the kubeconfig says.
+pub async fn backing_client(kubeconfig: Kubeconfig) -> Result<kube::Client> {
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }

@@ -10,25 +10,33 @@
 //! Modules, each depending only on those above it:
 //! - [`error`]: the one error enum, and the `Status` a client reads.
 //! - [`clusters`]: the served clusters as data.
+//! - [`metrics`]: the Prometheus metrics, labelled by nothing that names a cluster.
 //! - [`plan`]: which listeners to start and stop (pure).
-//! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure; the
-//!   Cluster watcher that feeds it is still to come).
+//! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure).
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
 //! - [`discovery`], [`request`], [`watch`]: the pure halves of proxying.
 //! - [`proxy`]: one cluster's requests through the backing server.
 //! - [`listener`]: one cluster's TLS listener.
 //! - [`front`]: observe → plan → apply over all clusters.
+//! - [`removal`]: a removed cluster's objects deleted from the backing server.
+//! - [`cluster_watch`]: the Cluster watcher feeding the front, recording prefixes,
+//!   saying refusals and removing what Clusters gone left behind.
+//! - [`http`]: `/metrics`, `/healthz` and `/readyz` on a port of their own.
 //! - [`cli`]: the binary's arguments and its run.
 
 pub mod cli;
+pub mod cluster_watch;
 pub mod clusters;
 pub mod discovery;
 pub mod error;
 pub mod front;
+pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod proxy;
+pub mod removal;
 pub mod request;
 pub mod tls;
 pub mod watch;

@@ -59,34 +59,50 @@ fn served_cluster(
         name: cluster.metadata.name.clone().unwrap_or_default(),
         uid: cluster.metadata.uid.clone().unwrap_or_default(),
     };
-    let refuse = |why: String| Refusal {
+    let refuse = |reason: &'static str, why: String| Refusal {
         cluster: key.clone(),
+        reason,
         why,
     };
     let port = u16::try_from(endpoint.port)
         .ok()
         .filter(|port| front.ports.contains(port))
         .ok_or_else(|| {
-            refuse(format!(
-                "port {} is not in the front's range {}-{}",
-                endpoint.port,
-                front.ports.start(),
-                front.ports.end()
-            ))
+            refuse(
+                "port_out_of_range",
+                format!(
+                    "port {} is not in the front's range {}-{}",
+                    endpoint.port,
+                    front.ports.start(),
+                    front.ports.end()
+                ),
+            )
         })?;
     if key.namespace.is_empty() || key.name.is_empty() || key.uid.is_empty() {
-        return Err(refuse("the Cluster has no namespace, name or UID".into()));
+        return Err(refuse(
+            "incomplete_cluster",
+            "the Cluster has no namespace, name or UID".into(),
+        ));
     }
     let secret_name = format!("{}-ca", key.name);
-    let secret = ca_secret(&key.namespace, &secret_name)
-        .ok_or_else(|| refuse(format!("Secret {secret_name} not found")))?;
+    let secret = ca_secret(&key.namespace, &secret_name).ok_or_else(|| {
+        refuse(
+            "ca_secret_missing",
+            format!("Secret {secret_name} not found"),
+        )
+    })?;
     let field = |name: &str| {
         secret
             .data
             .as_ref()
             .and_then(|data| data.get(name))
             .and_then(|value| String::from_utf8(value.0.clone()).ok())
-            .ok_or_else(|| refuse(format!("Secret {secret_name} has no PEM {name}")))
+            .ok_or_else(|| {
+                refuse(
+                    "ca_secret_incomplete",
+                    format!("Secret {secret_name} has no PEM {name}"),
+                )
+            })
     };
     Ok(Some(ServedCluster {
         listen: SocketAddr::new(front.bind, port),

@@ -20,7 +20,24 @@ pub struct Start {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub cluster: ClusterKey,
+    /// Bounded, for metrics and Event reasons: one of [`Refusal::REASONS`], or the
+    /// reason of an [`Error`](crate::Error) or a mapping refusal.
+    pub reason: &'static str,
+    /// For people: the detail, which may name other Clusters.
     pub why: String,
+}
+
+impl Refusal {
+    /// The refusals decided here and in `observe`.
+    pub const REASONS: &'static [&'static str] = &[
+        "listed_twice",
+        "endpoint_shared",
+        "endpoint_contested",
+        "port_out_of_range",
+        "incomplete_cluster",
+        "ca_secret_missing",
+        "ca_secret_incomplete",
+    ];
 }
 
 /// The changes to apply.
@@ -30,6 +47,9 @@ pub struct Plan {
     pub stop: Vec<ClusterKey>,
     pub start: Vec<Start>,
     pub refused: Vec<Refusal>,
+    /// Clusters still served on an endpoint another Cluster names too (reason
+    /// `endpoint_contested`): both are told, not only the newcomer.
+    pub contested: Vec<Refusal>,
 }
 
 /// Decides the changes. `running` is what each listener was started with; `recorded`
@@ -51,6 +71,7 @@ pub fn plan(
         if !seen.insert(&served.cluster) {
             plan.refused.push(Refusal {
                 cluster: served.cluster.clone(),
+                reason: "listed_twice",
                 why: "listed twice".into(),
             });
             continue;
@@ -72,9 +93,18 @@ pub fn plan(
         for claimant in &claimants {
             if incumbent.is_some_and(|i| i.cluster == claimant.cluster) {
                 accepted.push(claimant);
+                plan.contested.push(Refusal {
+                    cluster: claimant.cluster.clone(),
+                    reason: "endpoint_contested",
+                    why: format!(
+                        "endpoint {endpoint} is also named by {}; this Cluster keeps it",
+                        names.join(", ")
+                    ),
+                });
             } else {
                 plan.refused.push(Refusal {
                     cluster: claimant.cluster.clone(),
+                    reason: "endpoint_shared",
                     why: format!("endpoint {endpoint} is named by {}", names.join(", ")),
                 });
             }
@@ -104,6 +134,7 @@ pub fn plan(
             }
             Err(e) => plan.refused.push(Refusal {
                 cluster: served.cluster.clone(),
+                reason: e.reason(),
                 why: e.to_string(),
             }),
         }
@@ -200,6 +231,10 @@ mod tests {
         assert!(plan.start.is_empty() && plan.stop.is_empty());
         assert_eq!(plan.refused.len(), 1);
         assert_eq!(plan.refused[0].cluster, b.cluster);
+        // The incumbent is told too.
+        assert_eq!(plan.contested.len(), 1);
+        assert_eq!(plan.contested[0].cluster, a.cluster);
+        assert_eq!(plan.contested[0].reason, "endpoint_contested");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the media types), and the answer mapped back, watches event by event.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use crate::discovery;
 use crate::error::{Error, Result, status_object};
+use crate::metrics::{self, Metrics, OpenWatch};
 use crate::request::{self, PatchKind};
 use crate::watch::{self, EventLines};
 
@@ -41,14 +43,21 @@ pub struct ClusterProxy {
     cluster: String,
     prefix: Prefix,
     backing: kube::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl ClusterProxy {
-    pub fn new(cluster: String, prefix: Prefix, backing: kube::Client) -> ClusterProxy {
+    pub fn new(
+        cluster: String,
+        prefix: Prefix,
+        backing: kube::Client,
+        metrics: Arc<Metrics>,
+    ) -> ClusterProxy {
         ClusterProxy {
             cluster,
             prefix,
             backing,
+            metrics,
         }
     }
 
@@ -60,8 +69,9 @@ impl ClusterProxy {
             method = %request.method(),
             path = %request.uri().path(),
         );
+        let verb = metrics::verb(request.method(), request.uri().query());
         async {
-            match self.route(request).await {
+            let response = match self.route(request).await {
                 Ok(response) => {
                     tracing::debug!(status = response.status().as_u16(), "answered");
                     response
@@ -70,7 +80,9 @@ impl ClusterProxy {
                     tracing::info!(reason = e.reason(), error = %e, "refused");
                     json_response(e.status().0, &e.to_status())
                 }
-            }
+            };
+            self.metrics.request(verb, response.status().as_u16());
+            response
         }
         .instrument(span)
         .await
@@ -269,8 +281,11 @@ impl ClusterProxy {
         let (events, received) = mpsc::channel::<Bytes>(64);
         let prefix = self.prefix.clone();
         let mut body = answer.into_body();
+        let open = OpenWatch::new(&self.metrics.watches_open);
         tokio::spawn(
             async move {
+                // Counted until the relay ends, whichever side ended it.
+                let _open = open;
                 let mut lines = EventLines::default();
                 loop {
                     let chunk = match body.frame().await {

@@ -724,6 +724,8 @@ async fn the_binary_serves_the_clusters_of_its_file() {
             .arg(&kubeconfig)
             .arg("--clusters")
             .arg(&clusters)
+            .arg("--metrics-address")
+            .arg("127.0.0.1:0")
             .arg("--log")
             .arg("warn")
             .spawn()
