@@ -30,8 +30,9 @@ pub enum Error {
     BadBody(String),
     #[error("request body larger than {max} bytes")]
     BodyTooLarge { max: usize },
-    #[error("{what} is not served by the tenancy front yet")]
-    NotImplemented { what: &'static str },
+    /// A `pods/portforward` request that is neither of the two upgrades client-go sends.
+    #[error("not a port-forward upgrade: {why}")]
+    NotAnUpgrade { why: &'static str },
     #[error("the object changed {attempts} times while the patch was applied; try again")]
     PatchConflict { attempts: u32 },
     #[error("the backing server: {0}")]
@@ -81,7 +82,7 @@ impl Error {
         "unsupported_query",
         "bad_body",
         "body_too_large",
-        "not_implemented",
+        "not_an_upgrade",
         "patch_conflict",
         "backing_unreachable",
         "backing_not_json",
@@ -105,7 +106,7 @@ impl Error {
             Error::UnsupportedQuery { .. } => "unsupported_query",
             Error::BadBody(_) => "bad_body",
             Error::BodyTooLarge { .. } => "body_too_large",
-            Error::NotImplemented { .. } => "not_implemented",
+            Error::NotAnUpgrade { .. } => "not_an_upgrade",
             Error::PatchConflict { .. } => "patch_conflict",
             Error::Backing(_) => "backing_unreachable",
             Error::BackingNotJson { .. } => "backing_not_json",
@@ -143,11 +144,10 @@ impl Error {
             Error::UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
-            Error::UnsupportedQuery { .. } | Error::BadBody(_) => {
+            Error::UnsupportedQuery { .. } | Error::BadBody(_) | Error::NotAnUpgrade { .. } => {
                 (StatusCode::BAD_REQUEST, "BadRequest")
             }
             Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-            Error::NotImplemented { .. } => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
             Error::PatchConflict { .. } => (StatusCode::CONFLICT, "Conflict"),
             Error::Backing(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
@@ -213,7 +213,7 @@ mod tests {
             Error::UnsupportedQuery { name: s() },
             Error::BadBody(s()),
             Error::BodyTooLarge { max: 0 },
-            Error::NotImplemented { what: "" },
+            Error::NotAnUpgrade { why: "" },
             Error::PatchConflict { attempts: 0 },
             Error::Backing(kube::Error::ReadEvents(io())),
             Error::BackingNotJson {

@@ -14,7 +14,8 @@
 //! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure; the
 //!   Cluster watcher that feeds it is still to come).
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
-//! - [`discovery`], [`request`], [`watch`]: the pure halves of proxying.
+//! - [`discovery`], [`request`], [`watch`], [`portforward`]: the pure halves of
+//!   proxying.
 //! - [`proxy`]: one cluster's requests through the backing server.
 //! - [`listener`]: one cluster's TLS listener.
 //! - [`front`]: observe → plan → apply over all clusters.
@@ -28,6 +29,7 @@ pub mod front;
 pub mod listener;
 pub mod observe;
 pub mod plan;
+pub mod portforward;
 pub mod proxy;
 pub mod request;
 pub mod tls;
