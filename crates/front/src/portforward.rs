@@ -17,9 +17,9 @@ use crate::error::{Error, Result};
 /// The header both SPDY sides name their stream protocol in (`portforward.k8s.io`).
 pub const X_STREAM_PROTOCOL_VERSION: &str = "x-stream-protocol-version";
 
-/// The query parameters of a port-forward: client-go's WebSocket form names the ports
-/// there; none names an object.
-const QUERY_PARAMETERS: &[&str] = &["ports"];
+/// The query parameters of a port-forward: the ports (kubectl's WebSocket form names them
+/// there) and the request timeout client-go adds; none names an object.
+const QUERY_PARAMETERS: &[&str] = &["ports", "timeout"];
 
 /// The two forms client-go speaks: since v1.30 it tries WebSocket tunnelling first and
 /// falls back to SPDY when the server refuses it.
@@ -239,9 +239,10 @@ mod tests {
     }
 
     #[test]
-    fn only_the_ports_parameter_is_passed_on() {
+    fn only_parameters_naming_no_object_are_passed_on() {
         assert_eq!(backing_query(None).unwrap(), "");
         assert_eq!(backing_query(Some("ports=2379")).unwrap(), "ports=2379");
+        assert_eq!(backing_query(Some("timeout=30s")).unwrap(), "timeout=30s");
         let err = backing_query(Some("ports=1&container=x")).unwrap_err();
         assert_eq!(err.reason(), "unsupported_query");
     }
