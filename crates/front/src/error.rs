@@ -33,6 +33,10 @@ pub enum Error {
     /// A `pods/portforward` request that is neither of the two upgrades client-go sends.
     #[error("not a port-forward upgrade: {why}")]
     NotAnUpgrade { why: &'static str },
+    /// Each open port-forward holds two connections and a task; a cluster gets a bounded
+    /// number so that one cluster cannot exhaust the front for all the others.
+    #[error("{max} port-forwards of this cluster are open already; try again later")]
+    TooManyPortForwards { max: usize },
     #[error("the object changed {attempts} times while the patch was applied; try again")]
     PatchConflict { attempts: u32 },
     #[error("the backing server: {0}")]
@@ -83,6 +87,7 @@ impl Error {
         "bad_body",
         "body_too_large",
         "not_an_upgrade",
+        "too_many_port_forwards",
         "patch_conflict",
         "backing_unreachable",
         "backing_not_json",
@@ -107,6 +112,7 @@ impl Error {
             Error::BadBody(_) => "bad_body",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::NotAnUpgrade { .. } => "not_an_upgrade",
+            Error::TooManyPortForwards { .. } => "too_many_port_forwards",
             Error::PatchConflict { .. } => "patch_conflict",
             Error::Backing(_) => "backing_unreachable",
             Error::BackingNotJson { .. } => "backing_not_json",
@@ -149,6 +155,7 @@ impl Error {
             }
             Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             Error::PatchConflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            Error::TooManyPortForwards { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             Error::Backing(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
@@ -214,6 +221,7 @@ mod tests {
             Error::BadBody(s()),
             Error::BodyTooLarge { max: 0 },
             Error::NotAnUpgrade { why: "" },
+            Error::TooManyPortForwards { max: 0 },
             Error::PatchConflict { attempts: 0 },
             Error::Backing(kube::Error::ReadEvents(io())),
             Error::BackingNotJson {

@@ -33,6 +33,10 @@ pub type ResponseBody = BoxBody<Bytes, BoxError>;
 /// Request bodies above this are refused, as the API server's own limit (3 MiB) does.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// Port-forwards open at once per cluster. KCP opens one per etcd member it reads, for the
+/// length of a reconcile; a cluster needing more than this is stuck or hostile.
+pub const MAX_PORT_FORWARDS: usize = 64;
+
 /// How often a patch is retried when the object changes between read and write.
 const PATCH_ATTEMPTS: u32 = 5;
 
@@ -47,6 +51,8 @@ pub struct ClusterProxy {
     /// Dropped with the proxy, i.e. when the cluster is no longer served: its
     /// port-forwards, which outlive the request that opened them, end then too.
     cut_off: tokio::sync::watch::Sender<()>,
+    /// One permit per open port-forward, up to [`MAX_PORT_FORWARDS`].
+    port_forwards: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ClusterProxy {
@@ -56,6 +62,7 @@ impl ClusterProxy {
             prefix,
             backing,
             cut_off: tokio::sync::watch::Sender::new(()),
+            port_forwards: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PORT_FORWARDS)),
         }
     }
 
@@ -209,6 +216,13 @@ impl ClusterProxy {
         let headers = form.backing_headers(request.headers())?;
         let query = crate::portforward::backing_query(request.uri().query())?;
         let backing_path = path.backing_path(&self.prefix).map_err(Error::Request)?;
+        let permit = self
+            .port_forwards
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyPortForwards {
+                max: MAX_PORT_FORWARDS,
+            })?;
         let mut backing_request = Request::builder()
             .method(request.method().clone())
             .uri(with_query(backing_path, Some(&query)))
@@ -227,6 +241,7 @@ impl ClusterProxy {
         let mut cut_off = self.cut_off.subscribe();
         tokio::spawn(
             async move {
+                let _permit = permit;
                 let (client, backing) = match tokio::try_join!(client_side, backing_side) {
                     Ok(both) => both,
                     Err(e) => {
