@@ -218,6 +218,29 @@ async fn clusters_sharing_an_api_server_behind_the_front_each_reach_their_own_et
         assert_eq!(names, [same.as_str()], "{transport:?}");
         assert_ne!(listed_a.header.cluster_id, listed_b.header.cluster_id);
     }
+    // The WebSocket handshake itself, as client-go starts it (rather than its fallback
+    // to SPDY): the backing server's 101 and the subprotocol it chose come back.
+    let path = format!("/api/v1/namespaces/kube-system/pods/etcd-{same}/portforward");
+    let handshake = http::Request::get(path)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Protocol", "SPDY/3.1+portforward.k8s.io")
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let answer = a.client.send(handshake).await.unwrap();
+    assert_eq!(answer.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(
+        answer.headers()["sec-websocket-protocol"],
+        "SPDY/3.1+portforward.k8s.io"
+    );
+    // RFC 6455's example key and its accept value: the backing server's, passed back.
+    assert_eq!(
+        answer.headers()["sec-websocket-accept"],
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    );
+    drop(answer);
     // Status through the front too: a leader among a's members.
     let status = probe
         .etcd(&etcd_pod(&a, &second), &a.tls, EtcdOp::Status)
