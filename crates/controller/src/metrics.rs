@@ -234,7 +234,8 @@ impl Metrics {
                     "fakenode_port_forward_sessions_total",
                     "Port-forward requests the kubelet API received, by result: served, \
                      tls_failed or why it refused (no_client_certificate, unknown_caller, \
-                     unknown_pod, ambiguous, not_an_upgrade, workload_request_failed).",
+                     unknown_pod, ambiguous, ambiguous_prefix, not_an_upgrade, \
+                     workload_request_failed).",
                 ),
                 &["result"],
             )?,

@@ -30,8 +30,13 @@ pub enum Error {
     BadBody(String),
     #[error("request body larger than {max} bytes")]
     BodyTooLarge { max: usize },
-    #[error("{what} is not served by the tenancy front yet")]
-    NotImplemented { what: &'static str },
+    /// A `pods/portforward` request that is neither of the two upgrades client-go sends.
+    #[error("not a port-forward upgrade: {why}")]
+    NotAnUpgrade { why: &'static str },
+    /// Each open port-forward holds two connections and a task; a cluster gets a bounded
+    /// number so that one cluster cannot exhaust the front for all the others.
+    #[error("{max} port-forwards of this cluster are open already; try again later")]
+    TooManyPortForwards { max: usize },
     #[error("the object changed {attempts} times while the patch was applied; try again")]
     PatchConflict { attempts: u32 },
     #[error("the backing server: {0}")]
@@ -96,7 +101,8 @@ impl Error {
         "unsupported_query",
         "bad_body",
         "body_too_large",
-        "not_implemented",
+        "not_an_upgrade",
+        "too_many_port_forwards",
         "patch_conflict",
         "backing_unreachable",
         "backing_not_json",
@@ -124,7 +130,8 @@ impl Error {
             Error::UnsupportedQuery { .. } => "unsupported_query",
             Error::BadBody(_) => "bad_body",
             Error::BodyTooLarge { .. } => "body_too_large",
-            Error::NotImplemented { .. } => "not_implemented",
+            Error::NotAnUpgrade { .. } => "not_an_upgrade",
+            Error::TooManyPortForwards { .. } => "too_many_port_forwards",
             Error::PatchConflict { .. } => "patch_conflict",
             Error::Backing(_) => "backing_unreachable",
             Error::BackingNotJson { .. } => "backing_not_json",
@@ -166,12 +173,12 @@ impl Error {
             Error::UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
-            Error::UnsupportedQuery { .. } | Error::BadBody(_) => {
+            Error::UnsupportedQuery { .. } | Error::BadBody(_) | Error::NotAnUpgrade { .. } => {
                 (StatusCode::BAD_REQUEST, "BadRequest")
             }
             Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-            Error::NotImplemented { .. } => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
             Error::PatchConflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            Error::TooManyPortForwards { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             Error::Backing(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
@@ -236,7 +243,8 @@ mod tests {
             Error::UnsupportedQuery { name: s() },
             Error::BadBody(s()),
             Error::BodyTooLarge { max: 0 },
-            Error::NotImplemented { what: "" },
+            Error::NotAnUpgrade { why: "" },
+            Error::TooManyPortForwards { max: 0 },
             Error::PatchConflict { attempts: 0 },
             Error::Backing(kube::Error::ReadEvents(io())),
             Error::BackingNotJson {

@@ -14,7 +14,8 @@
 //! - [`plan`]: which listeners to start and stop (pure).
 //! - [`observe`]: the served clusters read from Clusters and their CA Secrets (pure).
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
-//! - [`discovery`], [`request`], [`watch`]: the pure halves of proxying.
+//! - [`discovery`], [`request`], [`watch`], [`portforward`]: the pure halves of
+//!   proxying.
 //! - [`proxy`]: one cluster's requests through the backing server.
 //! - [`listener`]: one cluster's TLS listener.
 //! - [`front`]: observe → plan → apply over all clusters.
@@ -35,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod portforward;
 pub mod proxy;
 pub mod removal;
 pub mod request;

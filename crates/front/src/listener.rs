@@ -104,7 +104,8 @@ async fn connection(
         async move { Ok::<_, Infallible>(proxy.handle(request).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let served = builder.serve_connection(TokioIo::new(tls), service);
+    // With upgrades: port-forwards switch protocols on the client's connection.
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::select! {
         result = served => {
             if let Err(e) = result {

@@ -1,7 +1,9 @@
 //! One workload cluster's requests, answered through the backing server: the path,
 //! query and body mapped into the backing server's terms, the request sent with the
 //! front's own credentials (the client's identity is not passed on, nor any header but
-//! the media types), and the answer mapped back, watches event by event.
+//! the media types), and the answer mapped back, watches event by event. Port-forwards
+//! are the one exception to reading whole answers: after the upgrade both connections'
+//! bytes are spliced.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tracing::Instrument;
 use crate::discovery;
 use crate::error::{Error, Result, status_object};
 use crate::metrics::{self, Metrics, OpenWatch};
+use crate::portforward::Upgrade;
 use crate::request::{self, PatchKind};
 use crate::watch::{self, EventLines};
 
@@ -31,6 +34,10 @@ pub type ResponseBody = BoxBody<Bytes, BoxError>;
 
 /// Request bodies above this are refused, as the API server's own limit (3 MiB) does.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Port-forwards open at once per cluster. KCP opens one per etcd member it reads, for the
+/// length of a reconcile; a cluster needing more than this is stuck or hostile.
+pub const MAX_PORT_FORWARDS: usize = 64;
 
 /// How often a patch is retried when the object changes between read and write.
 const PATCH_ATTEMPTS: u32 = 5;
@@ -44,6 +51,11 @@ pub struct ClusterProxy {
     prefix: Prefix,
     backing: kube::Client,
     metrics: Arc<Metrics>,
+    /// Dropped with the proxy, i.e. when the cluster is no longer served: its
+    /// port-forwards, which outlive the request that opened them, end then too.
+    cut_off: tokio::sync::watch::Sender<()>,
+    /// One permit per open port-forward, up to [`MAX_PORT_FORWARDS`].
+    port_forwards: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl ClusterProxy {
@@ -58,6 +70,8 @@ impl ClusterProxy {
             prefix,
             backing,
             metrics,
+            cut_off: tokio::sync::watch::Sender::new(()),
+            port_forwards: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PORT_FORWARDS)),
         }
     }
 
@@ -152,9 +166,7 @@ impl ClusterProxy {
         path: ResourcePath,
     ) -> Result<Response<ResponseBody>> {
         if path.target.subresource == Some(Subresource::PortForward) {
-            return Err(Error::NotImplemented {
-                what: "port-forward",
-            });
+            return self.port_forward(request, path).await;
         }
         let target = path.target;
         let backing_path = path.backing_path(&self.prefix).map_err(Error::Request)?;
@@ -201,6 +213,73 @@ impl ClusterProxy {
                 what: "resources",
             }),
         }
+    }
+
+    /// A port-forward: the same upgrade asked of the backing server for the mapped Pod,
+    /// with the front's credentials and the client's protocol offer; once both sides have
+    /// switched protocols their bytes are spliced (the streams name no object, so nothing
+    /// in them is mapped). A refusal of the backing server reaches the client mapped back.
+    async fn port_forward(
+        &self,
+        mut request: Request<Incoming>,
+        path: ResourcePath,
+    ) -> Result<Response<ResponseBody>> {
+        let form = Upgrade::of(request.method(), request.version(), request.headers())?;
+        let headers = form.backing_headers(request.headers())?;
+        let query = crate::portforward::backing_query(request.uri().query())?;
+        let backing_path = path.backing_path(&self.prefix).map_err(Error::Request)?;
+        let permit = self
+            .port_forwards
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyPortForwards {
+                max: MAX_PORT_FORWARDS,
+            })?;
+        let mut backing_request = Request::builder()
+            .method(request.method().clone())
+            .uri(with_query(backing_path, Some(&query)))
+            .body(kube::client::Body::empty())
+            .map_err(|e| Error::Backing(kube::Error::HttpError(e)))?;
+        *backing_request.headers_mut() = headers;
+        let answer = self.backing.send(backing_request).await?;
+        if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Client-go falls back from WebSocket to SPDY on this answer (a 400 or 403
+            // of an older server), so it must keep its status.
+            return self.mapped_answer(answer, &path.target).await;
+        }
+        let client_headers = form.client_headers(answer.headers());
+        let client_side = hyper::upgrade::on(&mut request);
+        let backing_side = hyper::upgrade::on(answer);
+        let mut cut_off = self.cut_off.subscribe();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let (client, backing) = match tokio::try_join!(client_side, backing_side) {
+                    Ok(both) => both,
+                    Err(e) => {
+                        tracing::info!(error = %e, "a port-forward upgrade did not complete");
+                        return;
+                    }
+                };
+                tracing::debug!(?form, "port-forward spliced");
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut backing = hyper_util::rt::TokioIo::new(backing);
+                tokio::select! {
+                    moved = tokio::io::copy_bidirectional(&mut client, &mut backing) => match moved {
+                        Ok((up, down)) => tracing::debug!(up, down, "port-forward ended"),
+                        Err(e) => tracing::debug!(error = %e, "port-forward broke off"),
+                    },
+                    _ = cut_off.changed() => {
+                        tracing::info!("port-forward cut off: the cluster is no longer served");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *response.headers_mut() = client_headers;
+        Ok(response)
     }
 
     /// Applies a patch to the client's view of the object and writes the result back with

@@ -681,6 +681,54 @@ async fn a_cluster_cannot_break_out_of_its_view() {
     }
 }
 
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn a_port_forward_is_an_upgrade_relayed_to_the_clusters_own_pod_or_a_status() {
+    let bench = bench().await;
+    let a = &bench.a;
+    let path = "/api/v1/namespaces/kube-system/pods/etcd-node-0/portforward";
+    let send = |upgrade: Option<&'static str>| {
+        let mut request = http::Request::post(path);
+        if let Some(upgrade) = upgrade {
+            request = request
+                .header("Connection", "Upgrade")
+                .header("Upgrade", upgrade)
+                .header("X-Stream-Protocol-Version", "portforward.k8s.io");
+        }
+        a.client
+            .send(request.body(kube::client::Body::empty()).unwrap())
+    };
+    let status = |response: http::Response<kube::client::Body>| async move {
+        let code = response.status();
+        let body = response.into_body().collect_bytes().await.unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["kind"], "Status", "{value}");
+        (code, value)
+    };
+    // Not an upgrade, or over HTTP/2 (which has none): a Status, as the API server says.
+    let (code, value) = status(send(None).await.unwrap()).await;
+    assert_eq!(code, http::StatusCode::BAD_REQUEST);
+    assert!(
+        value["message"].as_str().unwrap().contains("Upgrade"),
+        "{value}"
+    );
+    let admin = a.ca.client_cert("admin", Some("system:masters")).unwrap();
+    let (code, _) = h2_get(a, &admin, path, "*/*").await;
+    assert_eq!(code, http::StatusCode::BAD_REQUEST);
+    // A real upgrade reaches the backing server for the cluster's own Pod: there is no
+    // such Pod, and the backing server's refusal comes back in the cluster's terms.
+    let (code, value) = status(send(Some("SPDY/3.1")).await.unwrap()).await;
+    assert_eq!(code, http::StatusCode::NOT_FOUND, "{value}");
+    assert_eq!(value["reason"], "NotFound");
+    assert!(
+        !value.to_string().contains(a.prefix.as_str()),
+        "the backing namespace shows: {value}"
+    );
+}
+
 /// Kills the front's process when the test ends, however it ends.
 struct Process(std::process::Child);
 

@@ -6,11 +6,14 @@
 //!
 //! Per request: the TLS client certificate names the workload cluster(s) whose CA issued
 //! it ([`callers`]); the Pod and its Node, read from those clusters, settle which one
-//! (its Node carries the cluster's labels); anything ambiguous is refused. Then the SPDY
-//! session's stream pairs are served ([`portforward`]).
+//! (its Node carries the cluster's labels); anything ambiguous is refused. Clusters
+//! sharing one API server behind the tenancy front share its certificate too: for them
+//! the prefix of the Pod's backing namespace names the cluster ([`fronted`]). Then the
+//! SPDY session's stream pairs are served ([`portforward`]).
 
 pub mod callers;
 pub mod etcd_members;
+pub mod fronted;
 pub mod portforward;
 pub mod targets;
 pub mod tls;
@@ -98,6 +101,15 @@ pub enum Refused {
         pod: String,
         clusters: String,
     },
+    #[error(
+        "namespace {namespace}: clusters {clusters} all carry the tenancy front's prefix \
+         {prefix}; refusing to guess"
+    )]
+    AmbiguousPrefix {
+        namespace: String,
+        prefix: String,
+        clusters: String,
+    },
     #[error("reading pod {namespace}/{pod} from the workload cluster: {message}")]
     Workload {
         namespace: String,
@@ -115,6 +127,7 @@ impl Refused {
             Refused::UnknownCaller => "unknown_caller",
             Refused::UnknownPod { .. } => "unknown_pod",
             Refused::Ambiguous { .. } => "ambiguous",
+            Refused::AmbiguousPrefix { .. } => "ambiguous_prefix",
             Refused::Workload { .. } => "workload_request_failed",
         }
     }
@@ -125,7 +138,7 @@ impl Refused {
             Refused::NoClientCertificate => StatusCode::UNAUTHORIZED,
             Refused::UnknownCaller => StatusCode::FORBIDDEN,
             Refused::UnknownPod { .. } => StatusCode::NOT_FOUND,
-            Refused::Ambiguous { .. } => StatusCode::CONFLICT,
+            Refused::Ambiguous { .. } | Refused::AmbiguousPrefix { .. } => StatusCode::CONFLICT,
             Refused::Workload { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -187,15 +200,25 @@ impl KubeletApi {
         let chain = chain
             .filter(|c| !c.is_empty())
             .ok_or(Refused::NoClientCertificate)?;
+        match fronted::cluster_of(namespace, &fronted::prefixed_clusters(&self.stores)) {
+            fronted::Fronted::Cluster {
+                cluster,
+                namespace: tenant_namespace,
+            } => return self.resolve_fronted(cluster, &tenant_namespace, pod).await,
+            fronted::Fronted::Ambiguous { prefix, clusters } => {
+                return Err(Refused::AmbiguousPrefix {
+                    namespace: namespace.to_string(),
+                    prefix,
+                    clusters: cluster_names(&clusters),
+                });
+            }
+            fronted::Fronted::No => {}
+        }
         let callers = self.cas.callers(&self.stores, chain);
         if callers.is_empty() {
             return Err(Refused::UnknownCaller);
         }
-        let names = |keys: &[ClusterKey]| {
-            let mut names: Vec<String> = keys.iter().map(ToString::to_string).collect();
-            names.truncate(8);
-            names.join(", ")
-        };
+        let names = cluster_names;
         let candidates: Vec<ClusterKey> = callers.iter().map(|c| c.cluster.clone()).collect();
         // One read per API server: clusters sharing a server see the same Pod.
         let mut servers = std::collections::BTreeMap::new();
@@ -262,6 +285,49 @@ impl KubeletApi {
         }
     }
 
+    /// A Pod of a cluster behind the tenancy front: read through that cluster's own
+    /// client (the front's view of it), by the namespace the cluster knows; its Node must
+    /// be one this process made for that cluster.
+    async fn resolve_fronted(
+        &self,
+        cluster: ClusterKey,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Resolved, Refused> {
+        let unknown = || Refused::UnknownPod {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            clusters: cluster.to_string(),
+        };
+        let refused = |e: kube::Error| Refused::Workload {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            message: crate::tolerant::bounded(e.to_string(), 512),
+        };
+        let workload = self.workload(&cluster).await.ok_or_else(unknown)?;
+        let pods: Api<Pod> = Api::namespaced(workload.client.clone(), namespace);
+        let got = crate::apply::request(&workload, &self.metrics, "get", pods.get_opt(pod));
+        let found_pod = got.await.map_err(refused)?.ok_or_else(unknown)?;
+        let node_name = found_pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .ok_or_else(unknown)?;
+        let nodes: Api<Node> = Api::all(workload.client.clone());
+        let got = crate::apply::request(&workload, &self.metrics, "get", nodes.get_opt(&node_name));
+        let node = got.await.map_err(refused)?.ok_or_else(unknown)?;
+        if targets::cluster_of(&node).as_ref() != Some(&cluster) {
+            return Err(unknown());
+        }
+        debug!(%cluster, namespace, pod, "kubelet API: a Pod behind the tenancy front");
+        Ok(Resolved {
+            cluster,
+            workload,
+            pod: found_pod,
+            node,
+        })
+    }
+
     /// The workload client of a cluster, from its kubeconfig Secret.
     pub(crate) async fn workload(&self, cluster: &ClusterKey) -> Option<WorkloadClient> {
         let stores = self.stores.iter().find(|s| s.covers(&cluster.namespace))?;
@@ -274,6 +340,13 @@ impl KubeletApi {
             }
         }
     }
+}
+
+/// A few cluster names for a refusal's message.
+fn cluster_names(keys: &[ClusterKey]) -> String {
+    let mut names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    names.truncate(8);
+    names.join(", ")
 }
 
 /// Serves the kubelet API on `listener` until `stop` resolves.
