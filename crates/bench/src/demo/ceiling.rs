@@ -142,6 +142,7 @@ pub fn plan_all(snapshot: &Snapshot, fidelity: &Fidelity) -> anyhow::Result<Vec<
         first_seen: now,
         process_started: now,
         certificates_annotated: false,
+        registered: None,
     };
     let mut planned = Vec::new();
     for m3m in &snapshot.metal3_machines {
@@ -164,6 +165,7 @@ pub fn plan_all(snapshot: &Snapshot, fidelity: &Fidelity) -> anyhow::Result<Vec<
             Steps::Register(steps) => *steps,
             Steps::Withheld => bail!("{name} never gets a Node (a fault)"),
             Steps::Booting { due } => bail!("{name} is booting until {due}"),
+            Steps::Registered => bail!("{name} was registered already"),
         };
         planned.push(Planned {
             machine: desired.node.name_any(),
