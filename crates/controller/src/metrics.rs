@@ -321,6 +321,9 @@ impl Metrics {
             self.port_forward_streams.with_label_values(&[result]);
         }
         self.port_forward_sessions.with_label_values(&["served"]);
+        for method in fake_etcd::service::methods::ALL {
+            self.etcd_rpcs.with_label_values(&[method, "Ok"]);
+        }
         for resource in WATCHED_RESOURCES {
             self.unreadable_objects
                 .with_label_values(&[resource])

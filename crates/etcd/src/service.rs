@@ -58,6 +58,17 @@ pub struct LocalView {
     pub local: String,
 }
 
+/// The names RPCs are counted under ([`Backend::observe`]): the etcd methods KCP calls.
+pub mod methods {
+    pub const MEMBER_LIST: &str = "MemberList";
+    pub const MEMBER_REMOVE: &str = "MemberRemove";
+    pub const STATUS: &str = "Status";
+    pub const ALARM: &str = "Alarm";
+    pub const MOVE_LEADER: &str = "MoveLeader";
+    /// Every one, e.g. to export their counters at zero from the start.
+    pub const ALL: [&str; 5] = [MEMBER_LIST, MEMBER_REMOVE, STATUS, ALARM, MOVE_LEADER];
+}
+
 /// What the controller provides: where the facts are read and stored.
 ///
 /// Every call reads the view afresh, so that all replicas answering for one cluster agree.
@@ -328,7 +339,7 @@ where
         match req.uri().path() {
             paths::MEMBER_LIST => Box::pin(async move {
                 Ok(unary(
-                    "MemberList",
+                    methods::MEMBER_LIST,
                     calls,
                     |c, r| Box::pin(async move { c.member_list(r).await }),
                     req,
@@ -337,7 +348,7 @@ where
             }),
             paths::MEMBER_REMOVE => Box::pin(async move {
                 Ok(unary(
-                    "MemberRemove",
+                    methods::MEMBER_REMOVE,
                     calls,
                     |c, r| Box::pin(async move { c.member_remove(r).await }),
                     req,
@@ -346,7 +357,7 @@ where
             }),
             paths::STATUS => Box::pin(async move {
                 Ok(unary(
-                    "Status",
+                    methods::STATUS,
                     calls,
                     |c, r| Box::pin(async move { c.status(r).await }),
                     req,
@@ -355,7 +366,7 @@ where
             }),
             paths::ALARM => Box::pin(async move {
                 Ok(unary(
-                    "Alarm",
+                    methods::ALARM,
                     calls,
                     |c, r| Box::pin(async move { c.alarm(r).await }),
                     req,
@@ -364,7 +375,7 @@ where
             }),
             paths::MOVE_LEADER => Box::pin(async move {
                 Ok(unary(
-                    "MoveLeader",
+                    methods::MOVE_LEADER,
                     calls,
                     |c, r| Box::pin(async move { c.move_leader(r).await }),
                     req,
