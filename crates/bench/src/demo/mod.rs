@@ -787,7 +787,8 @@ async fn measure_ceiling(
 fn controller_flags(concurrency: u16, full_fidelity: bool) -> Vec<String> {
     let mut flags = vec!["--concurrency".to_string(), concurrency.to_string()];
     if !full_fidelity {
-        // Like for like with the ceiling: Node (create, status, taints) and kubeadm-config.
+        // Like for like with the ceiling: Node (created with its status, taints) and
+        // kubeadm-config.
         for flag in [
             "--static-pods=false",
             "--node-heartbeat-interval=0",
