@@ -160,24 +160,49 @@ pub struct WorkloadClient {
     pub cluster: ClusterKey,
     pub client: Client,
     cluster_limiter: Arc<DefaultDirectRateLimiter>,
-    kubelet_limiters: Arc<DefaultKeyedRateLimiter<String>>,
+    kubelet_limiters: Arc<KubeletLimiters>,
     /// The fake kubelet this client speaks for, if any: its requests also pass its budget.
-    kubelet: Option<Arc<str>>,
+    kubelet: Option<String>,
     pause: Arc<ServerPause>,
 }
 
 /// Kubelet budgets kept before the idle ones are dropped (an idle budget is a fresh one).
 const KUBELET_LIMITERS_KEPT: usize = 1024;
 
+/// The budgets of one cluster's kubelets, pruned of idle ones once they outgrow the last
+/// pruning twice over: a cluster of many Nodes is not swept on every request.
+struct KubeletLimiters {
+    limiters: DefaultKeyedRateLimiter<String>,
+    prune_above: std::sync::atomic::AtomicUsize,
+}
+
+impl KubeletLimiters {
+    fn new(quota: Quota) -> Self {
+        Self {
+            limiters: RateLimiter::keyed(quota),
+            prune_above: std::sync::atomic::AtomicUsize::new(KUBELET_LIMITERS_KEPT),
+        }
+    }
+
+    fn prune_if_grown(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.limiters.len() > self.prune_above.load(Relaxed) {
+            self.limiters.retain_recent();
+            self.limiters.shrink_to_fit();
+            self.prune_above.store(
+                (self.limiters.len() * 2).max(KUBELET_LIMITERS_KEPT),
+                Relaxed,
+            );
+        }
+    }
+}
+
 impl WorkloadClient {
     /// The same client, speaking for the kubelet of `node`.
     pub fn for_kubelet(&self, node: &str) -> WorkloadClient {
-        if self.kubelet_limiters.len() > KUBELET_LIMITERS_KEPT {
-            self.kubelet_limiters.retain_recent();
-            self.kubelet_limiters.shrink_to_fit();
-        }
+        self.kubelet_limiters.prune_if_grown();
         WorkloadClient {
-            kubelet: Some(Arc::from(node)),
+            kubelet: Some(node.to_string()),
             ..self.clone()
         }
     }
@@ -188,9 +213,9 @@ impl WorkloadClient {
     pub async fn throttle(&self) -> Duration {
         let paused = self.pause.wait().await;
         if let Some(kubelet) = &self.kubelet {
-            // Keyed by owned String: the limiter's key type.
             self.kubelet_limiters
-                .until_key_ready(&kubelet.to_string())
+                .limiters
+                .until_key_ready(kubelet)
                 .await;
         }
         self.cluster_limiter.until_ready().await;
@@ -238,7 +263,7 @@ impl WorkloadClients {
             cluster_limiter: Arc::new(RateLimiter::direct(
                 Quota::per_second(self.settings.qps).allow_burst(self.settings.burst),
             )),
-            kubelet_limiters: Arc::new(RateLimiter::keyed(
+            kubelet_limiters: Arc::new(KubeletLimiters::new(
                 Quota::per_second(self.settings.kubelet_qps)
                     .allow_burst(self.settings.kubelet_burst),
             )),

@@ -200,7 +200,13 @@ impl KubeletApi {
         let chain = chain
             .filter(|c| !c.is_empty())
             .ok_or(Refused::NoClientCertificate)?;
-        match fronted::cluster_of(namespace, &fronted::prefixed_clusters(&self.stores)) {
+        // Only a namespace of the front's shape is worth a look through the Clusters.
+        let fronted = if tenancy::split_backing_namespace(namespace).is_some() {
+            fronted::cluster_of(namespace, &fronted::prefixed_clusters(&self.stores))
+        } else {
+            fronted::Fronted::No
+        };
+        match fronted {
             fronted::Fronted::Cluster {
                 cluster,
                 namespace: tenant_namespace,
