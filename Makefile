@@ -37,7 +37,7 @@ demo:
 E2E_ARGS ?= --clusters 10 --report target/e2e-report.json
 e2e:
 	assets=$$(hack/envtest-assets.sh) && e2e=$$(hack/e2e-assets.sh) && \
-	  cargo build --release --locked -p metal3-fakenode -p metal3-fakenode-bench && \
+	  cargo build --release --locked -p metal3-fakenode -p metal3-fakenode-front -p metal3-fakenode-bench && \
 	  $(ASSETS_ENV)=$$assets $(E2E_ASSETS_ENV)=$$e2e target/release/metal3-fakenode-bench e2e $(E2E_ARGS)
 
 ## The whole suite: lint, rules, unit tests and integration tests against real API

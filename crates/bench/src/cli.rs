@@ -69,6 +69,11 @@ pub struct E2eArgs {
     /// clusters at once.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub step_timeout: std::time::Duration,
+    /// Spread the clusters over this many shared kube-apiservers, each behind a tenancy
+    /// front (`metal3-fakenode-front`) that gives every cluster its own endpoint and view;
+    /// without it every cluster has a kube-apiserver of its own.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workload_apiservers: Option<u32>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,

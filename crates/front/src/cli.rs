@@ -75,8 +75,11 @@ fn parse_ports(value: &str) -> std::result::Result<RangeInclusive<u16>, String> 
 impl Args {
     /// Runs the front; the exit code says whether it started.
     pub async fn run(self) -> ExitCode {
+        // Colours only for a person at a terminal, never into a Pod's or a bench's log file.
         tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new(&self.log))
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
             .init();
         match self.serve().await {
             Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,9 @@ pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 pub struct ClusterSpec {
     pub namespace: String,
     pub name: String,
-    /// The workload API server's loopback port: the cluster's control-plane endpoint.
+    /// The cluster's control-plane endpoint: its own API server, or its port on a
+    /// tenancy front.
+    pub api_host: String,
     pub api_port: u16,
     pub kubernetes_version: String,
     pub control_plane_replicas: u32,
@@ -186,7 +188,7 @@ impl ClusterSpec {
             "kind": "Metal3Cluster",
             "metadata": self.meta(&self.name),
             "spec": {
-                "controlPlaneEndpoint": {"host": "127.0.0.1", "port": self.api_port},
+                "controlPlaneEndpoint": {"host": self.api_host, "port": self.api_port},
                 // No cloud provider: CAPM3 sets the Node's providerID itself.
                 "cloudProviderEnabled": false,
             },
@@ -347,6 +349,7 @@ mod tests {
         ClusterSpec {
             namespace: "e2e-1".into(),
             name: "cluster-1".into(),
+            api_host: "127.0.0.1".into(),
             api_port: 40001,
             kubernetes_version: "v1.35.0".into(),
             control_plane_replicas: 1,

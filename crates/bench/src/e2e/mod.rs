@@ -3,13 +3,15 @@
 //! The real Cluster API, kubeadm control-plane and bootstrap providers, CAPM3 and the
 //! baremetal-operator (test provisioner) run as local processes against a local management
 //! API server, with their released CRDs and webhooks (served on loopback). Each workload
-//! cluster gets an API server of its own (KCP lists control-plane Nodes cluster-wide),
-//! all sharing one etcd under distinct prefixes, with the PKI that Cluster API expects to
-//! find in the cluster's Secrets. metal3-fakenode runs beside them as a process with the
-//! RBAC of deploy/. What is asserted: the upstream controllers accept its Nodes.
+//! cluster gets an API server of its own (KCP lists control-plane Nodes cluster-wide), or,
+//! with `--workload-apiservers K`, its own endpoint on one of K tenancy fronts over shared
+//! API servers (see [`workloads`]); all share one etcd under distinct prefixes, with the
+//! PKI that Cluster API expects to find in the cluster's Secrets. metal3-fakenode (and
+//! each front) runs beside them as a process with the RBAC of deploy/. What is asserted:
+//! the upstream controllers accept its Nodes.
 //!
 //! The harness reads the workload clusters only with kubeconfigs it generated itself
-//! (`ApiServer::client`), never with the `<cluster>-kubeconfig` Secrets KCP writes; a
+//! ([`workloads::Access`]), never with the `<cluster>-kubeconfig` Secrets KCP writes; a
 //! kubeconfig from a Secret would go through `workload::parse_kubeconfig`.
 
 pub mod checks;
@@ -19,6 +21,7 @@ pub mod phases;
 pub mod providers;
 pub mod report;
 pub mod webhooks;
+pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::future::try_join_all;
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
@@ -47,6 +49,7 @@ use metal3_fakenode_testkit::probe;
 use metal3_fakenode_testkit::simulate::world::dynamic;
 use providers::{PROVIDERS, Running};
 use report::{ClusterReport, Report, Step};
+use workloads::{Access, FrontIdentity, Layout, Workloads};
 
 /// The environment variable naming the directory `hack/e2e-assets.sh` prints.
 pub const ASSETS_ENV: &str = "METAL3_FAKENODE_E2E_ASSETS";
@@ -58,6 +61,8 @@ const FIELD_MANAGER: &str = "metal3-fakenode-e2e";
 /// Where the controller runs, as in deploy/.
 const CONTROLLER_NAMESPACE: &str = "metal3";
 const CONTROLLER_ACCOUNT: &str = "metal3-fakenode";
+/// The tenancy fronts' ServiceAccount, as in deploy/components/tenancy-front.
+const FRONT_ACCOUNT: &str = "metal3-fakenode-front";
 
 /// What one run does.
 #[derive(Clone, Debug)]
@@ -72,6 +77,8 @@ pub struct Options {
     pub scale_up_to: u32,
     /// Longest wait for any one step across all clusters.
     pub step_timeout: Duration,
+    /// Where the workload clusters' API servers run.
+    pub layout: Layout,
     pub report: Option<PathBuf>,
 }
 
@@ -115,6 +122,10 @@ pub async fn main(args: crate::cli::E2eArgs) -> anyhow::Result<()> {
         upgrade_to: args.upgrade_to,
         scale_up_to: args.scale_up_to,
         step_timeout: args.step_timeout,
+        layout: match args.workload_apiservers {
+            Some(k) => Layout::Fronted(k as usize),
+            None => Layout::Dedicated,
+        },
         report: args.report,
     };
     let report = tokio::select! {
@@ -195,35 +206,52 @@ async fn scenario(
     let stacked = options.etcd == EtcdMode::Stacked;
     let mut controller = start_fakenode(&management, mgmt, dir, stacked).await?;
 
-    // A few API servers start at once: each takes seconds of CPU to come up.
-    let started: Vec<(ClusterSpec, ClusterPki, ApiServer, CertAndKey)> = futures::stream::iter(
-        (0..options.clusters)
-            .map(|i| workload_cluster(assets, &etcd, format!("e2e-{i:03}"), options)),
-    )
-    .buffered(4)
-    .try_collect()
-    .await?;
     let mut specs = Vec::new();
-    let mut workloads = Vec::new();
+    let mut cas = Vec::new();
     let mut etcd_clients = Vec::new();
-    for (spec, pki, server, etcd_client) in started {
+    for i in 0..options.clusters {
+        let (spec, pki, ca, etcd_client) = workload_cluster(format!("e2e-{i:03}"), options)?;
         specs.push((spec, pki));
-        workloads.push(server);
+        cas.push(ca);
         etcd_clients.push(etcd_client);
     }
+    let names: Vec<String> = specs.iter().map(|(s, _)| s.name.clone()).collect();
+    let front_kubeconfig = match options.layout {
+        Layout::Fronted(_) => Some(front_identity(&management, mgmt, dir).await?),
+        Layout::Dedicated => None,
+    };
+    let workloads = Workloads::start(
+        options.layout,
+        assets,
+        &etcd,
+        &names,
+        cas,
+        front_kubeconfig.as_deref().map(|path| FrontIdentity {
+            management_kubeconfig: path,
+        }),
+        dir,
+    )
+    .await?;
+    for ((spec, _), access) in specs.iter_mut().zip(&workloads.access) {
+        spec.api_host = access.host.clone();
+        spec.api_port = access.port;
+    }
     say(format!(
-        "{} workload API server(s) up; creating the clusters",
-        workloads.len()
+        "{} workload API server(s) up ({}); creating the clusters",
+        workloads.servers.len(),
+        options.layout.name()
     ));
     let mut reports: Vec<ClusterReport> = specs
         .iter()
-        .zip(&workloads)
-        .map(|((spec, _), server)| ClusterReport::new(&spec.name, server.pid()))
+        .zip(&workloads.access)
+        .map(|((spec, _), access)| {
+            ClusterReport::new(&spec.name, workloads.servers[access.server].pid())
+        })
         .collect();
     let clusters = Clusters {
         mgmt,
         specs: &specs,
-        workloads: &workloads,
+        workloads: &workloads.access,
         timeout: options.step_timeout,
     };
     let mut steps = Vec::new();
@@ -238,7 +266,14 @@ async fn scenario(
     let _nudging = AbortOnDrop(nudging);
 
     let begun_step = Instant::now();
-    bring_up(mgmt, &specs, &workloads, &mut reports, options.step_timeout).await?;
+    bring_up(
+        mgmt,
+        &specs,
+        &workloads.access,
+        &mut reports,
+        options.step_timeout,
+    )
+    .await?;
     steps.push(step("clusters_up", begun_step));
 
     if stacked {
@@ -277,21 +312,25 @@ async fn scenario(
         clusters.settle(replicas, 1, Some(version)).await?;
         steps.push(step(&format!("upgraded_to_{version}"), begun_step));
     }
-    for (((report, server), (spec, pki)), etcd_client) in reports
+    let serving = workloads.cost();
+    for (((report, access), (spec, pki)), etcd_client) in reports
         .iter_mut()
-        .zip(&workloads)
+        .zip(&workloads.access)
         .zip(&specs)
         .zip(&etcd_clients)
     {
-        report.apiserver_rss_bytes = process_stats::rss_bytes(server.pid());
-        report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(server.pid());
+        if workloads.layout == Layout::Dedicated {
+            let pid = workloads.servers[access.server].pid();
+            report.apiserver_rss_bytes = process_stats::rss_bytes(pid);
+            report.apiserver_peak_rss_bytes = process_stats::peak_rss_bytes(pid);
+        }
         report.final_kcp_conditions = checks::conditions(&kubeadm_control_plane(mgmt, spec).await?);
         if stacked {
             let tls = EtcdClientFiles {
                 ca_pem: &pki.etcd_ca_cert,
                 client: etcd_client,
             };
-            report.etcd_members = Some(etcd_members(mgmt, spec, server, &tls, dir).await?);
+            report.etcd_members = Some(etcd_members(mgmt, spec, access, &tls, dir).await?);
         }
     }
     let clients_before = fakenode_gauge(&controller.metrics, "fakenode_workload_clients").await;
@@ -310,6 +349,7 @@ async fn scenario(
         kubelets_before_delete: kubelets_before,
         controllers: PROVIDERS.iter().map(|p| p.name.to_string()).collect(),
         host_nudges: nudges.load(std::sync::atomic::Ordering::Relaxed),
+        serving,
         total_seconds: begun.elapsed().as_secs_f64(),
     };
     if let Some(path) = &options.report {
@@ -346,7 +386,7 @@ fn step(name: &str, begun: Instant) -> Step {
 struct Clusters<'a> {
     mgmt: &'a Client,
     specs: &'a [(ClusterSpec, ClusterPki)],
-    workloads: &'a [ApiServer],
+    workloads: &'a [Access],
     timeout: Duration,
 }
 
@@ -380,7 +420,7 @@ impl Clusters<'_> {
 async fn bring_up(
     mgmt: &Client,
     specs: &[(ClusterSpec, ClusterPki)],
-    workloads: &[ApiServer],
+    workloads: &[Access],
     reports: &mut [ClusterReport],
     timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -608,14 +648,12 @@ fn start_controller_manager(
     )?)
 }
 
-/// One workload cluster's PKI, its own API server (under its own etcd prefix) and its
-/// objects' parameters.
-async fn workload_cluster(
-    assets: &Assets,
-    etcd: &Etcd,
+/// One workload cluster's PKI and its objects' parameters; its endpoint is known once its
+/// API server (or front) runs. The CA is returned for that server.
+fn workload_cluster(
     name: String,
     options: &Options,
-) -> anyhow::Result<(ClusterSpec, ClusterPki, ApiServer, CertAndKey)> {
+) -> anyhow::Result<(ClusterSpec, ClusterPki, ClusterCa, CertAndKey)> {
     let ca = ClusterCa::new(&format!("{name}-ca"))?;
     let etcd_ca = ClusterCa::new("etcd-ca")?;
     let pki = ClusterPki {
@@ -624,17 +662,11 @@ async fn workload_cluster(
         etcd_ca_cert: etcd_ca.cert_pem(),
         etcd_ca_key: etcd_ca.key_pem().to_string(),
     };
-    let server = ApiServer::start_with_ca(assets, etcd, &name, ca).await?;
-    let api_port = server
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow!("no port in {}", server.url()))?;
     let spec = ClusterSpec {
         namespace: name.clone(),
         name,
-        api_port,
+        api_host: String::new(),
+        api_port: 0,
         kubernetes_version: KUBERNETES_VERSION.into(),
         control_plane_replicas: options.control_plane_replicas,
         workers: 0,
@@ -652,7 +684,7 @@ async fn workload_cluster(
     };
     // The harness's own etcd client certificate, as KCP makes its own from the etcd CA.
     let etcd_client = etcd_ca.client_cert("metal3-fakenode-e2e", None)?;
-    Ok((spec, pki, server, etcd_client))
+    Ok((spec, pki, ca, etcd_client))
 }
 
 /// What the harness dials etcd members with.
@@ -668,17 +700,14 @@ struct EtcdClientFiles<'a> {
 async fn etcd_members(
     mgmt: &Client,
     spec: &ClusterSpec,
-    server: &ApiServer,
+    access: &Access,
     tls: &EtcdClientFiles<'_>,
     dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let files = dir.join(format!("{}-etcd-client", spec.name));
     std::fs::create_dir_all(&files)?;
     let kubeconfig = files.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
-    )?;
+    std::fs::write(&kubeconfig, envtest::kubeconfig_yaml(&access.kubeconfig)?)?;
     let paths = EtcdTls {
         ca: files.join("ca.crt"),
         cert: files.join("client.crt"),
@@ -729,15 +758,6 @@ async fn start_fakenode(
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}}),
     )
     .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(mgmt.clone(), CONTROLLER_NAMESPACE);
-    let account: ServiceAccount = serde_json::from_value(json!({
-        "metadata": {"name": CONTROLLER_ACCOUNT, "namespace": CONTROLLER_NAMESPACE},
-    }))?;
-    match accounts.create(&PostParams::default(), &account).await {
-        Err(kube::Error::Api(s)) if s.code != 409 => return Err(kube::Error::Api(s).into()),
-        Err(e @ (kube::Error::Service(_) | kube::Error::HyperError(_))) => return Err(e.into()),
-        _ => {}
-    }
     let base = (
         include_str!("../../../../deploy/base/clusterrole.yaml"),
         include_str!("../../../../deploy/base/clusterrolebinding.yaml"),
@@ -751,41 +771,8 @@ async fn start_fakenode(
     } else {
         vec![base, certificate_expiry]
     };
-    for (role, binding) in roles {
-        let role: Value = serde_saphyr::from_str(role).map_err(|e| anyhow!("{e}"))?;
-        create(mgmt, &role).await?;
-        let mut binding: ClusterRoleBinding =
-            serde_saphyr::from_str(binding).map_err(|e| anyhow!("{e}"))?;
-        // What kustomize does for the deployed namespace.
-        for subject in binding.subjects.iter_mut().flatten() {
-            subject.namespace = Some(CONTROLLER_NAMESPACE.into());
-        }
-        create(mgmt, &serde_json::to_value(&binding)?).await?;
-    }
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(24 * 3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(CONTROLLER_ACCOUNT, &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .ok_or_else(|| anyhow!("the TokenRequest returned no token"))?;
-    let mut kubeconfig = management.admin_kubeconfig();
-    for user in &mut kubeconfig.auth_infos {
-        if let Some(auth) = user.auth_info.as_mut() {
-            *auth = kube::config::AuthInfo {
-                token: Some(token.clone().into()),
-                ..Default::default()
-            };
-        }
-    }
     let path = dir.join("metal3-fakenode.kubeconfig");
-    std::fs::write(&path, envtest::kubeconfig_yaml(&kubeconfig)?)?;
+    service_account_kubeconfig(management, mgmt, CONTROLLER_ACCOUNT, &roles, &path).await?;
     let metrics = format!("127.0.0.1:{}", envtest::free_port()?);
     let kubelet = match stacked_etcd {
         true => Some(format!("127.0.0.1:{}", envtest::free_port()?)),
@@ -809,6 +796,78 @@ async fn start_fakenode(
     )
     .await?;
     Ok(Fakenode { process, metrics })
+}
+
+/// The management cluster as the tenancy fronts see it: the ServiceAccount of
+/// deploy/components/tenancy-front with its ClusterRole, as a kubeconfig file.
+async fn front_identity(
+    management: &ApiServer,
+    mgmt: &Client,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let role = (
+        include_str!("../../../../deploy/components/tenancy-front/clusterrole.yaml"),
+        include_str!("../../../../deploy/components/tenancy-front/clusterrolebinding.yaml"),
+    );
+    let path = dir.join("metal3-fakenode-front.kubeconfig");
+    service_account_kubeconfig(management, mgmt, FRONT_ACCOUNT, &[role], &path).await?;
+    Ok(path)
+}
+
+/// Writes to `path` a kubeconfig for the ServiceAccount `account` in the controller's
+/// namespace, bound to the (ClusterRole, ClusterRoleBinding) manifests of deploy/ given,
+/// with a token from a TokenRequest.
+async fn service_account_kubeconfig(
+    management: &ApiServer,
+    mgmt: &Client,
+    account: &str,
+    roles: &[(&str, &str)],
+    path: &Path,
+) -> anyhow::Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(mgmt.clone(), CONTROLLER_NAMESPACE);
+    let object: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": account, "namespace": CONTROLLER_NAMESPACE},
+    }))?;
+    match accounts.create(&PostParams::default(), &object).await {
+        Err(kube::Error::Api(s)) if s.code != 409 => return Err(kube::Error::Api(s).into()),
+        Err(e @ (kube::Error::Service(_) | kube::Error::HyperError(_))) => return Err(e.into()),
+        _ => {}
+    }
+    for (role, binding) in roles {
+        let role: Value = serde_saphyr::from_str(role).map_err(|e| anyhow!("{e}"))?;
+        create(mgmt, &role).await?;
+        let mut binding: ClusterRoleBinding =
+            serde_saphyr::from_str(binding).map_err(|e| anyhow!("{e}"))?;
+        // What kustomize does for the deployed namespace.
+        for subject in binding.subjects.iter_mut().flatten() {
+            subject.namespace = Some(CONTROLLER_NAMESPACE.into());
+        }
+        create(mgmt, &serde_json::to_value(&binding)?).await?;
+    }
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request(account, &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| anyhow!("the TokenRequest returned no token"))?;
+    let mut kubeconfig = management.admin_kubeconfig();
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            *auth = kube::config::AuthInfo {
+                token: Some(token.clone().into()),
+                ..Default::default()
+            };
+        }
+    }
+    std::fs::write(path, envtest::kubeconfig_yaml(&kubeconfig)?)?;
+    Ok(())
 }
 
 /// metal3-fakenode's command line. With a kubelet API (stacked etcd) its Nodes advertise
@@ -938,7 +997,7 @@ async fn cluster_up(mgmt: &Client, spec: &ClusterSpec, machines: usize) -> anyho
 async fn control_plane_milestones(
     mgmt: &Client,
     spec: &ClusterSpec,
-    server: &ApiServer,
+    access: &Access,
     running: jiff::Timestamp,
 ) -> anyhow::Result<phases::Milestones> {
     let ns = &spec.namespace;
@@ -1002,7 +1061,7 @@ async fn control_plane_milestones(
         .as_str()
         .unwrap_or_default();
     let node = serde_json::to_value(
-        Api::<Node>::all(server.client().await?)
+        Api::<Node>::all(access.client().await?)
             .get(node_name)
             .await?,
     )?;
@@ -1019,7 +1078,7 @@ async fn control_plane_milestones(
 async fn nodes_match_machines(
     mgmt: &Client,
     spec: &ClusterSpec,
-    server: &ApiServer,
+    access: &Access,
 ) -> anyhow::Result<()> {
     let machines = list(
         mgmt,
@@ -1034,7 +1093,7 @@ async fn nodes_match_machines(
         .filter(|m| m["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|m| m["status"]["nodeRef"]["name"].as_str().map(str::to_string))
         .collect();
-    let nodes: Api<Node> = Api::all(server.client().await?);
+    let nodes: Api<Node> = Api::all(access.client().await?);
     let have: BTreeSet<String> = nodes
         .list(&ListParams::default())
         .await?
@@ -1054,12 +1113,12 @@ async fn nodes_match_machines(
 async fn settled(
     mgmt: &Client,
     spec: &ClusterSpec,
-    server: &ApiServer,
+    access: &Access,
     machines: u32,
     version: Option<&str>,
 ) -> anyhow::Result<bool> {
     cluster_up(mgmt, spec, machines as usize).await?;
-    nodes_match_machines(mgmt, spec, server).await?;
+    nodes_match_machines(mgmt, spec, access).await?;
     let kcp = kubeadm_control_plane(mgmt, spec).await?;
     let all = list(
         mgmt,
@@ -1071,7 +1130,7 @@ async fn settled(
     .await?;
     checks::control_plane_settled(&kcp, &all, spec.stacked_etcd()).map_err(|e| anyhow!(e))?;
     if let Some(version) = version {
-        let nodes = Api::<Node>::all(server.client().await?)
+        let nodes = Api::<Node>::all(access.client().await?)
             .list(&ListParams::default())
             .await?
             .items;

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use super::phases::Milestones;
+use super::workloads::ServingCost;
 
 #[derive(Debug, Serialize)]
 pub struct ClusterReport {
@@ -76,6 +77,8 @@ pub struct Report {
     /// BareMetalHosts the harness woke from a transient state the baremetal-operator's
     /// test mode left them in (see `host_nudge`).
     pub host_nudges: u64,
+    /// What the workload API servers (and tenancy fronts) cost before deletion.
+    pub serving: ServingCost,
     pub total_seconds: f64,
 }
 
@@ -173,6 +176,34 @@ pub fn render(report: &Report) -> String {
             "workload kube-apiserver RSS: min {:.0} MiB, max {:.0} MiB\n",
             mib(*first),
             mib(*last)
+        ));
+    }
+    let serving = &report.serving;
+    out.push_str(&format!(
+        "serving {} cluster(s) ({}): {} kube-apiserver(s){}, {:.0} MiB resident in all, {:.1} MiB \
+         per cluster; {:.0} CPU s in all, {:.2} CPU s per cluster\n",
+        serving.clusters,
+        serving.layout,
+        serving.api_servers.len(),
+        match serving.fronts.len() {
+            0 => String::new(),
+            n => format!(" and {n} front(s)"),
+        },
+        mib(serving.total_rss_bytes),
+        mib(serving.rss_bytes_per_cluster),
+        serving.total_cpu_seconds,
+        serving.cpu_seconds_per_cluster,
+    ));
+    for p in serving.api_servers.iter().chain(&serving.fronts) {
+        out.push_str(&format!(
+            "  {} ({} cluster(s)): {} MiB (peak {} MiB), {} CPU s\n",
+            p.name,
+            p.clusters,
+            p.rss_bytes
+                .map_or("-".to_string(), |b| format!("{:.0}", mib(b))),
+            p.peak_rss_bytes
+                .map_or("-".to_string(), |b| format!("{:.0}", mib(b))),
+            p.cpu_seconds.map_or("-".to_string(), |s| format!("{s:.1}")),
         ));
     }
     out
