@@ -83,7 +83,7 @@ fn decode_with(body: &[u8], decoder: &Decoder) -> Result<Value, Error> {
     }
     let is_delete_options = kind == "DeleteOptions";
     if api_version.is_empty() && !is_delete_options {
-        // The API server would take it from the request path; a proxy cannot.
+        // The API server would default it from the request path, which the decoder has not.
         return Err(Error::MissingTypeMeta { what: "apiVersion" });
     }
     let message = KINDS
