@@ -7,6 +7,7 @@
 //	kubelet-probe etcd --kubeconfig K --pod etcd-<node> --ca CA --cert C --key K <op> [id]
 //	kubelet-probe cert-expiry --kubeconfig K --pod kube-apiserver-<node>
 //	kubelet-probe forward-echo --kubeconfig K --namespace N --pod P --port N --bytes N --connections C
+//	kubelet-probe protobuf-writes --kubeconfig K
 //
 // With --endpoint host:port instead of --kubeconfig/--pod, the probe dials over plain
 // TCP, to compare with a real server.
@@ -29,6 +30,8 @@ subcommands:
                            ids are hexadecimal, as etcdctl prints them (an optional 0x is accepted)
   cert-expiry [flags]      TLS handshake; the peer certificate KCP reads (CN kube-apiserver)
   forward-echo [flags]     --connections streams on one port-forward, --bytes each, echoed back
+  protobuf-writes [flags]  what Cluster API writes into a workload cluster, with protobuf bodies
+                           as controller-runtime sends them; prints the objects written
 
 Run "kubelet-probe <subcommand> -h" for its flags.
 `
@@ -47,6 +50,8 @@ func main() {
 		run, defaultPort = runCertExpiry, 6443
 	case "forward-echo":
 		run = runForwardEcho
+	case "protobuf-writes":
+		run = runProtobufWrites
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -76,7 +81,12 @@ func main() {
 	}
 	_ = fs.Parse(os.Args[2:]) // ExitOnError
 
-	if err := t.validate(); err != nil {
+	if os.Args[1] == "protobuf-writes" {
+		// Writes through the API server itself: no Pod, no port.
+		if t.kubeconfig == "" {
+			fail(errors.New("--kubeconfig is required"))
+		}
+	} else if err := t.validate(); err != nil {
 		fail(err)
 	}
 	ctx, cancel := context.WithTimeoutCause(context.Background(), *timeout,

@@ -28,6 +28,10 @@ pub enum Error {
     UnsupportedQuery { name: String },
     #[error("request body: {0}")]
     BadBody(String),
+    /// A protobuf body the decoder cannot read faithfully (a kind or field it does not
+    /// know): refused rather than decoded with something missing.
+    #[error("protobuf request body: {0}")]
+    Protobuf(kube_protobuf::Error),
     #[error("request body larger than {max} bytes")]
     BodyTooLarge { max: usize },
     /// A `pods/portforward` request that is neither of the two upgrades client-go sends.
@@ -39,6 +43,13 @@ pub enum Error {
     TooManyPortForwards { max: usize },
     #[error("the object changed {attempts} times while the patch was applied; try again")]
     PatchConflict { attempts: u32 },
+    /// A strategic merge patch that does not apply (a keyed list item without its key,
+    /// an unknown directive...), as the API server would refuse it.
+    #[error("the strategic merge patch does not apply: {0}")]
+    StrategicPatch(strategic_merge::Error),
+    /// The kind's OpenAPI schema could not be read into list strategies.
+    #[error("the backing server's OpenAPI schema: {0}")]
+    PatchSchema(strategic_merge::Error),
     #[error("the backing server: {0}")]
     Backing(#[from] kube::Error),
     #[error("the backing server answered {status} with a body that is not JSON: {message}")]
@@ -100,10 +111,13 @@ impl Error {
         "unsupported_media_type",
         "unsupported_query",
         "bad_body",
+        "protobuf",
         "body_too_large",
         "not_an_upgrade",
         "too_many_port_forwards",
         "patch_conflict",
+        "strategic_patch",
+        "patch_schema",
         "backing_unreachable",
         "backing_not_json",
         "backing_refused",
@@ -129,10 +143,13 @@ impl Error {
             Error::UnsupportedMediaType { .. } => "unsupported_media_type",
             Error::UnsupportedQuery { .. } => "unsupported_query",
             Error::BadBody(_) => "bad_body",
+            Error::Protobuf(_) => "protobuf",
             Error::BodyTooLarge { .. } => "body_too_large",
             Error::NotAnUpgrade { .. } => "not_an_upgrade",
             Error::TooManyPortForwards { .. } => "too_many_port_forwards",
             Error::PatchConflict { .. } => "patch_conflict",
+            Error::StrategicPatch(_) => "strategic_patch",
+            Error::PatchSchema(_) => "patch_schema",
             Error::Backing(_) => "backing_unreachable",
             Error::BackingNotJson { .. } => "backing_not_json",
             Error::BackingRefused { .. } => "backing_refused",
@@ -170,10 +187,15 @@ impl Error {
                 _ => (StatusCode::BAD_REQUEST, "BadRequest"),
             },
             Error::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-            Error::UnsupportedMediaType { .. } => {
+            Error::UnsupportedMediaType { .. } | Error::Protobuf(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
             Error::UnsupportedQuery { .. } | Error::BadBody(_) | Error::NotAnUpgrade { .. } => {
+                (StatusCode::BAD_REQUEST, "BadRequest")
+            }
+            // The server itself answers some malformed patches 500; the fault is the
+            // client's, so it hears 400.
+            Error::StrategicPatch(e) if !e.is_schema_fault() => {
                 (StatusCode::BAD_REQUEST, "BadRequest")
             }
             Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),

@@ -19,6 +19,7 @@ use crate::clusters::ServedCluster;
 use crate::error::{Error, Result};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::patch_schemas::PatchSchemas;
 use crate::plan::{self, Plan, Refusal, Start};
 use crate::proxy::ClusterProxy;
 use crate::tls;
@@ -57,6 +58,7 @@ struct State {
 pub struct Front {
     backing: kube::Client,
     metrics: Arc<Metrics>,
+    schemas: Arc<PatchSchemas>,
     state: Mutex<State>,
 }
 
@@ -65,6 +67,7 @@ impl Front {
     /// in `metrics`.
     pub fn with_metrics(backing: kube::Client, metrics: Arc<Metrics>) -> Front {
         Front {
+            schemas: Arc::new(PatchSchemas::new(backing.clone())),
             backing,
             metrics,
             state: Mutex::new(State::default()),
@@ -206,6 +209,7 @@ impl Front {
             prefix.clone(),
             self.backing.clone(),
             self.metrics.clone(),
+            self.schemas.clone(),
         );
         let listener = Listener::start(served.listen, tls, proxy).await?;
         state.recorded.insert(prefix.clone(), key);

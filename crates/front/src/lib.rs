@@ -16,6 +16,8 @@
 //! - [`tls`]: one cluster's serving certificate and client-certificate check.
 //! - [`discovery`], [`request`], [`watch`], [`portforward`]: the pure halves of
 //!   proxying.
+//! - [`patch_schemas`]: each kind's list strategies for strategic merge patches, read
+//!   from the backing server's OpenAPI.
 //! - [`proxy`]: one cluster's requests through the backing server.
 //! - [`listener`]: one cluster's TLS listener.
 //! - [`front`]: observe → plan → apply over all clusters.
@@ -35,6 +37,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
+pub mod patch_schemas;
 pub mod plan;
 pub mod portforward;
 pub mod proxy;

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::discovery;
 use crate::error::{Error, Result, status_object};
 use crate::metrics::{self, Metrics, OpenWatch};
+use crate::patch_schemas::PatchSchemas;
 use crate::portforward::Upgrade;
 use crate::request::{self, PatchKind};
 use crate::watch::{self, EventLines};
@@ -56,6 +57,8 @@ pub struct ClusterProxy {
     cut_off: tokio::sync::watch::Sender<()>,
     /// One permit per open port-forward, up to [`MAX_PORT_FORWARDS`].
     port_forwards: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Shared by every cluster of the front: the backing server's list strategies.
+    schemas: Arc<PatchSchemas>,
 }
 
 impl ClusterProxy {
@@ -64,12 +67,14 @@ impl ClusterProxy {
         prefix: Prefix,
         backing: kube::Client,
         metrics: Arc<Metrics>,
+        schemas: Arc<PatchSchemas>,
     ) -> ClusterProxy {
         ClusterProxy {
             cluster,
             prefix,
             backing,
             metrics,
+            schemas,
             cut_off: tokio::sync::watch::Sender::new(()),
             port_forwards: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PORT_FORWARDS)),
         }
@@ -183,8 +188,10 @@ impl ClusterProxy {
                 self.mapped_answer(answer, &target).await
             }
             Method::POST | Method::PUT => {
-                request::require_json_body(header(&request, CONTENT_TYPE))?;
-                let object = json_body(request).await?;
+                let content_type = header(&request, CONTENT_TYPE).map(str::to_string);
+                let body = body_bytes(request).await?;
+                let object = request::body_object(content_type.as_deref(), &body)?
+                    .ok_or_else(|| Error::BadBody("the request has no object".into()))?;
                 let object =
                     tenancy::to_backing(&self.prefix, &target, object).map_err(Error::Request)?;
                 let body =
@@ -195,14 +202,34 @@ impl ClusterProxy {
             Method::PATCH => {
                 let kind = request::patch_kind(header(&request, CONTENT_TYPE))?;
                 let patch = body_bytes(request).await?;
-                self.patch(kind, &patch, &backing_path, &uri, &accept, target)
+                let schema = match kind {
+                    request::PatchKind::Strategic => Some(
+                        self.schemas
+                            .schema(target.resource.group, &path.version, target.resource.kind)
+                            .await?,
+                    ),
+                    _ => None,
+                };
+                let patch = Patcher {
+                    kind,
+                    schema: schema.as_deref(),
+                    body: &patch,
+                };
+                self.patch(patch, &backing_path, &uri, &accept, target)
                     .await
             }
             Method::DELETE => {
-                // DeleteOptions name nothing the front maps: passed on as they are.
-                request::require_json_body(header(&request, CONTENT_TYPE))?;
-                let body = body_bytes(request).await?.to_vec();
-                let content_type = (!body.is_empty()).then_some(JSON);
+                // DeleteOptions name nothing the front maps: passed on as JSON.
+                let content_type = header(&request, CONTENT_TYPE).map(str::to_string);
+                let options =
+                    request::body_object(content_type.as_deref(), &body_bytes(request).await?)?;
+                let (content_type, body) = match options {
+                    Some(options) => (
+                        Some(JSON),
+                        serde_json::to_vec(&options).map_err(|e| Error::BadBody(e.to_string()))?,
+                    ),
+                    None => (None, Vec::new()),
+                };
                 let answer = self
                     .send(Method::DELETE, &uri, &accept, content_type, body)
                     .await?;
@@ -288,8 +315,7 @@ impl ClusterProxy {
     /// patch named a resourceVersion itself (then the conflict is the client's answer).
     async fn patch(
         &self,
-        kind: PatchKind,
-        patch: &[u8],
+        patch: Patcher<'_>,
         backing_path: &str,
         uri: &str,
         accept: &str,
@@ -307,7 +333,7 @@ impl ClusterProxy {
             }
             let mut view = stored;
             let read_at = view["metadata"]["resourceVersion"].clone();
-            request::apply_patch(kind, &mut view, patch)?;
+            request::apply_patch(patch.kind, patch.schema, &mut view, patch.body)?;
             let metadata = view
                 .get_mut("metadata")
                 .and_then(Value::as_object_mut)
@@ -438,6 +464,14 @@ impl ClusterProxy {
     }
 }
 
+/// A client's patch, with what applying it takes.
+struct Patcher<'a> {
+    kind: PatchKind,
+    /// The kind's list strategies, for a strategic merge patch.
+    schema: Option<&'a strategic_merge::Schema>,
+    body: &'a [u8],
+}
+
 /// Relays one event line; false when the stream is over (the client left, or the event
 /// could not be shown and an ERROR event was sent instead).
 async fn relay(
@@ -484,11 +518,6 @@ async fn body_bytes(request: Request<Incoming>) -> Result<Bytes> {
         }
         Err(e) => Err(Error::BadBody(e.to_string())),
     }
-}
-
-async fn json_body(request: Request<Incoming>) -> Result<Value> {
-    let bytes = body_bytes(request).await?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::BadBody(format!("not JSON: {e}")))
 }
 
 /// The backing server's answer as JSON, with its status.

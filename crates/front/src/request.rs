@@ -126,13 +126,23 @@ pub fn media_type(content_type: Option<&str>) -> String {
         .to_ascii_lowercase()
 }
 
-/// Checks a create or update body is JSON: other encodings are not mapped.
-pub fn require_json_body(content_type: Option<&str>) -> Result<()> {
+/// A create, update or delete body as JSON, the one form the mapping reads: JSON as it
+/// is, Kubernetes protobuf decoded (controller-runtime clients write built-in kinds so)
+/// for the kinds the decoder knows; anything else refused. `None` for an empty body.
+pub fn body_object(content_type: Option<&str>, body: &[u8]) -> Result<Option<Value>> {
+    if body.is_empty() {
+        return Ok(None);
+    }
     match media_type(content_type).as_str() {
-        "application/json" | "" => Ok(()),
+        "application/json" | "" => serde_json::from_slice(body)
+            .map(Some)
+            .map_err(|e| Error::BadBody(format!("not JSON: {e}"))),
+        kube_protobuf::MEDIA_TYPE => kube_protobuf::decode(body)
+            .map(Some)
+            .map_err(Error::Protobuf),
         other => Err(Error::UnsupportedMediaType {
             content_type: other.to_string(),
-            why: "the tenancy front maps JSON bodies only",
+            why: "the tenancy front maps JSON and Kubernetes protobuf bodies only",
         }),
     }
 }
@@ -144,10 +154,8 @@ pub enum PatchKind {
     Merge,
     /// RFC 6902.
     Json,
-    /// Kubernetes' strategic merge patch, when it holds no list and no `$` directive:
-    /// it then means exactly what the same document means as a merge patch (`kubectl
-    /// label`, `annotate` and `cordon` send such patches).
-    StrategicWithoutLists,
+    /// Kubernetes' strategic merge patch: lists merged by the kind's patch merge keys.
+    Strategic,
 }
 
 /// The patch type of a PATCH request's `Content-Type`.
@@ -156,7 +164,7 @@ pub fn patch_kind(content_type: Option<&str>) -> Result<PatchKind> {
     match media.as_str() {
         "application/merge-patch+json" => Ok(PatchKind::Merge),
         "application/json-patch+json" => Ok(PatchKind::Json),
-        "application/strategic-merge-patch+json" => Ok(PatchKind::StrategicWithoutLists),
+        "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             Err(Error::UnsupportedMediaType {
                 content_type: media,
@@ -170,23 +178,23 @@ pub fn patch_kind(content_type: Option<&str>) -> Result<PatchKind> {
     }
 }
 
-/// Applies a patch to the client's view of an object. A patch that names a key the
-/// front reserves is refused, whether it sets or removes it: the label saying whose an
-/// object is must not move.
-pub fn apply_patch(kind: PatchKind, view: &mut Value, patch: &[u8]) -> Result<()> {
+/// Applies a patch to the client's view of an object; a strategic merge patch merges
+/// lists by `schema` (the kind's), which it needs. A patch that names a key the front
+/// reserves is refused, whether it sets or removes it: the label saying whose an object
+/// is must not move. (A directive replacing all labels cannot drop it either: the view
+/// does not hold it, and the write adds it back.)
+pub fn apply_patch(
+    kind: PatchKind,
+    schema: Option<&strategic_merge::Schema>,
+    view: &mut Value,
+    patch: &[u8],
+) -> Result<()> {
     match kind {
-        PatchKind::Merge | PatchKind::StrategicWithoutLists => {
+        PatchKind::Merge | PatchKind::Strategic => {
             let patch: Value = serde_json::from_slice(patch)
                 .map_err(|e| Error::BadBody(format!("the patch is not JSON: {e}")))?;
             if !patch.is_object() {
                 return Err(Error::BadBody("a merge patch must be a JSON object".into()));
-            }
-            if kind == PatchKind::StrategicWithoutLists && has_list_or_directive(&patch) {
-                return Err(Error::UnsupportedMediaType {
-                    content_type: "application/strategic-merge-patch+json".into(),
-                    why: "strategic merge patches with lists or $ directives are not served by \
-                          the tenancy front yet; send a JSON merge patch",
-                });
             }
             for set in ["labels", "annotations"] {
                 if let Some(Value::Object(keys)) = patch.get("metadata").and_then(|m| m.get(set))
@@ -195,8 +203,21 @@ pub fn apply_patch(kind: PatchKind, view: &mut Value, patch: &[u8]) -> Result<()
                     return Err(reserved(key));
                 }
             }
-            json_patch::merge(view, &patch);
-            Ok(())
+            match (kind, schema) {
+                (PatchKind::Strategic, Some(schema)) => {
+                    // Applied to a copy: a patch that fails leaves nothing half-applied.
+                    *view = strategic_merge::apply(view.clone(), &patch, schema)
+                        .map_err(Error::StrategicPatch)?;
+                    Ok(())
+                }
+                (PatchKind::Strategic, None) => Err(Error::BadBody(
+                    "a strategic merge patch needs its kind's schema".into(),
+                )),
+                _ => {
+                    json_patch::merge(view, &patch);
+                    Ok(())
+                }
+            }
         }
         PatchKind::Json => {
             let operations: json_patch::Patch = serde_json::from_slice(patch)
@@ -241,16 +262,6 @@ fn reserved_key_in_pointer(pointer: &str) -> Option<String> {
             Some(key.clone())
         }
         _ => None,
-    }
-}
-
-fn has_list_or_directive(value: &Value) -> bool {
-    match value {
-        Value::Array(_) => true,
-        Value::Object(fields) => fields
-            .iter()
-            .any(|(k, v)| k.starts_with('$') || has_list_or_directive(v)),
-        _ => false,
     }
 }
 
@@ -353,17 +364,21 @@ mod tests {
     }
 
     #[test]
-    fn bodies_must_be_json() {
-        assert!(require_json_body(Some("application/json; charset=utf-8")).is_ok());
-        let err = require_json_body(Some("application/vnd.kubernetes.protobuf")).unwrap_err();
+    fn bodies_are_json_or_kubernetes_protobuf() {
+        let json = body_object(Some("application/json; charset=utf-8"), br#"{"a": 1}"#);
+        assert_eq!(json.unwrap(), Some(serde_json::json!({"a": 1})));
+        assert_eq!(body_object(Some("application/json"), b"").unwrap(), None);
+        let err = body_object(Some("application/yaml"), b"a: 1").unwrap_err();
         assert_eq!(err.reason(), "unsupported_media_type");
+        let err = body_object(Some(kube_protobuf::MEDIA_TYPE), b"not protobuf").unwrap_err();
+        assert_eq!(err.reason(), "protobuf");
     }
 
     #[test]
     fn merge_patches_apply_to_the_clients_view() {
         let mut view = json!({"metadata": {"name": "n", "labels": {"a": "1", "b": "2"}}});
         let patch = br#"{"metadata": {"labels": {"a": null, "c": "3"}}}"#;
-        apply_patch(PatchKind::Merge, &mut view, patch).unwrap();
+        apply_patch(PatchKind::Merge, None, &mut view, patch).unwrap();
         assert_eq!(view["metadata"]["labels"], json!({"b": "2", "c": "3"}));
     }
 
@@ -377,7 +392,7 @@ mod tests {
                 json!({"metadata": {"labels": {label: null}}}),
             ),
             (
-                PatchKind::StrategicWithoutLists,
+                PatchKind::Strategic,
                 json!({"metadata": {"labels": {label: "tbbbbb"}}}),
             ),
             (
@@ -385,20 +400,35 @@ mod tests {
                 json!([{"op": "remove", "path": format!("/metadata/labels/{}", label.replace('/', "~1"))}]),
             ),
         ] {
-            let err = apply_patch(kind, &mut view, patch.to_string().as_bytes()).unwrap_err();
+            let schema = strategic_merge::Schema::default();
+            let err = apply_patch(kind, Some(&schema), &mut view, patch.to_string().as_bytes())
+                .unwrap_err();
             assert_eq!(err.reason(), "reserved_key", "{kind:?}");
         }
     }
 
     #[test]
-    fn json_patches_apply_and_strategic_ones_with_lists_are_refused() {
+    fn json_and_strategic_patches_apply_and_a_failed_one_changes_nothing() {
         let mut view = json!({"spec": {"unschedulable": false}});
         let patch = br#"[{"op": "replace", "path": "/spec/unschedulable", "value": true}]"#;
-        apply_patch(PatchKind::Json, &mut view, patch).unwrap();
+        apply_patch(PatchKind::Json, None, &mut view, patch).unwrap();
         assert_eq!(view["spec"]["unschedulable"], true);
+        // Without a merge key the schema replaces a list, as for a Node's taints.
+        let schema = strategic_merge::Schema::default();
         let patch = br#"{"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}"#;
-        let err = apply_patch(PatchKind::StrategicWithoutLists, &mut view, patch).unwrap_err();
-        assert_eq!(err.reason(), "unsupported_media_type");
+        apply_patch(PatchKind::Strategic, Some(&schema), &mut view, patch).unwrap();
+        assert_eq!(
+            view["spec"]["taints"],
+            json!([{"key": "k", "effect": "NoSchedule"}])
+        );
+        let before = view.clone();
+        let patch = br#"{"spec": {"unschedulable": false, "$patch": "nonsense"}}"#;
+        let err = apply_patch(PatchKind::Strategic, Some(&schema), &mut view, patch).unwrap_err();
+        assert_eq!(err.reason(), "strategic_patch");
+        assert_eq!(err.status().0, http::StatusCode::BAD_REQUEST);
+        assert_eq!(view, before);
+        let err = apply_patch(PatchKind::Strategic, None, &mut view, b"{}").unwrap_err();
+        assert_eq!(err.reason(), "bad_body");
         assert_eq!(
             patch_kind(Some("application/apply-patch+yaml"))
                 .unwrap_err()

@@ -812,3 +812,269 @@ async fn the_binary_serves_the_clusters_of_its_file() {
         .await
         .unwrap();
 }
+
+/// A Node with what a kubelet and kubeadm leave on it: four conditions, two addresses,
+/// two taints.
+fn node_with_status(name: &str) -> Value {
+    let condition = |kind: &str, status: &str| {
+        json!({"type": kind, "status": status, "reason": "KubeletHasSufficient",
+               "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+               "lastTransitionTime": "2026-01-01T00:00:00Z"})
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"role": "cp"}},
+        "spec": {"taints": [
+            {"key": "node.cluster.x-k8s.io/uninitialized", "effect": "NoSchedule"},
+            {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+        ]},
+        "status": {
+            "conditions": [
+                condition("MemoryPressure", "False"), condition("DiskPressure", "False"),
+                condition("PIDPressure", "False"), condition("Ready", "False"),
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "10.0.0.1"},
+                {"type": "Hostname", "address": name},
+            ],
+        },
+    })
+}
+
+/// What a patch may change on a Node, without what the server alone writes.
+fn patched_fields(node: &Node) -> Value {
+    let mut labels = node.metadata.labels.clone().unwrap_or_default();
+    labels.remove(CLUSTER_LABEL);
+    let status = node.status.clone().unwrap_or_default();
+    json!({
+        "labels": labels,
+        "annotations": node.metadata.annotations,
+        "taints": node.spec.as_ref().and_then(|s| s.taints.clone()),
+        "conditions": status.conditions,
+        "addresses": status.addresses,
+    })
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn strategic_merge_patches_merge_as_the_api_server_merges_them() {
+    let bench = bench().await;
+    let a = &bench.a;
+    let pp = PostParams::default();
+    let backing = bench.backing.client().await.unwrap();
+    // The oracle: the same Node and the same patches straight on the backing server.
+    let fronted: Api<Node> = Api::all(a.client.clone());
+    let reference: Api<Node> = Api::all(backing.clone());
+    for (api, name) in [(&fronted, "smp"), (&reference, "smp-reference")] {
+        let node: Node = serde_json::from_value(node_with_status(name)).unwrap();
+        api.create(&pp, &node).await.unwrap();
+        // The API server drops status on create through the main resource.
+        let status = json!({"status": node_with_status(name)["status"]});
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+    let status_patches = [
+        // A kubelet's heartbeat: Ready's condition, merged by `type`.
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "KubeletReady", "lastHeartbeatTime": "2026-01-01T00:00:40Z"}]}}),
+        // An address added and one changed, merged by `type`.
+        json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.9"},
+            {"type": "ExternalIP", "address": "192.0.2.1"}]}}),
+        // Directives: an element deleted by key, the order set.
+        json!({"status": {
+            "$setElementOrder/conditions": [{"type": "Ready"}, {"type": "MemoryPressure"},
+                {"type": "PIDPressure"}],
+            "conditions": [{"type": "DiskPressure", "$patch": "delete"}],
+        }}),
+    ];
+    let object_patches = [
+        // Cluster API's Node patch: labels and annotations from the Machine, the
+        // uninitialized taint dropped (taints have no merge key: the list is replaced).
+        json!({"metadata": {"labels": {"node-role.kubernetes.io/worker": ""},
+            "annotations": {"cluster.x-k8s.io/labels-from-machine": "node-role.kubernetes.io/worker"}},
+            "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}}),
+        json!({"metadata": {"labels": {"role": null}}}),
+    ];
+    for patch in &status_patches {
+        let via_front = fronted
+            .patch_status("smp", &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .unwrap();
+        let direct = reference
+            .patch_status(
+                "smp-reference",
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+            .unwrap();
+        let (mut want, got) = (patched_fields(&direct), patched_fields(&via_front));
+        // The Hostname address is the Node's own name.
+        want["addresses"] = json!(
+            want["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| match a["type"].as_str() {
+                    Some("Hostname") => json!({"type": "Hostname", "address": "smp"}),
+                    _ => a.clone(),
+                })
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(got, want, "after {patch}");
+    }
+    for patch in &object_patches {
+        let via_front = fronted
+            .patch("smp", &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .unwrap();
+        let direct = reference
+            .patch(
+                "smp-reference",
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            patched_fields(&via_front)["taints"],
+            patched_fields(&direct)["taints"]
+        );
+        assert_eq!(
+            patched_fields(&via_front)["labels"],
+            patched_fields(&direct)["labels"]
+        );
+        assert_eq!(
+            patched_fields(&via_front)["annotations"],
+            patched_fields(&direct)["annotations"]
+        );
+    }
+    // Optimistic locking, as Cluster API patches: a stale resourceVersion is a conflict.
+    let stale = json!({"metadata": {"resourceVersion": "1", "labels": {"x": "y"}}});
+    let result = fronted
+        .patch("smp", &PatchParams::default(), &Patch::Strategic(&stale))
+        .await;
+    assert_eq!(status_code(result), 409);
+    // A keyed item without its key is refused, as the API server refuses it (which
+    // answers 500; the front says it is the client's fault).
+    let keyless = json!({"status": {"conditions": [{"status": "True"}]}});
+    let result = fronted
+        .patch_status("smp", &PatchParams::default(), &Patch::Strategic(&keyless))
+        .await;
+    assert_eq!(status_code(result), 400);
+    let direct = reference
+        .patch_status(
+            "smp-reference",
+            &PatchParams::default(),
+            &Patch::Strategic(&keyless),
+        )
+        .await;
+    assert!(direct.is_err(), "{direct:?}");
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn protobuf_writes_of_a_real_client_land_in_the_clusters_view_only() {
+    let bench = bench().await;
+    let (a, b) = (&bench.a, &bench.b);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = a.ca.client_cert("admin", Some("system:masters")).unwrap();
+    let kubeconfig = dir.path().join("a.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        envtest::kubeconfig_yaml(&envtest::kubeconfig(
+            "a",
+            &a.url(),
+            &a.ca.cert_pem(),
+            "admin",
+            &admin,
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    // client-go with protobuf bodies, as controller-runtime writes built-in kinds.
+    let written = metal3_fakenode_testkit::kubelet_probe::KubeletProbe::from_assets()
+        .unwrap()
+        .protobuf_writes(&kubeconfig)
+        .await
+        .unwrap();
+    assert_eq!(written["secret"]["metadata"]["namespace"], "kube-system");
+    assert_eq!(written["secret"]["type"], "bootstrap.kubernetes.io/token");
+    assert_eq!(
+        written["configMap"]["data"]["ClusterConfiguration"],
+        "kubernetesVersion: v1.36.0\n"
+    );
+    assert_eq!(
+        written["clusterRoleBinding"]["roleRef"]["name"],
+        "cluster-admin"
+    );
+    assert_eq!(written["nodeDeleted"], true);
+
+    // Cluster a reads them back as written; cluster b sees none of them.
+    let secrets = |c: &kube::Client| {
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.clone(), "kube-system")
+    };
+    let secret = secrets(&a.client)
+        .get("bootstrap-token-abcdef")
+        .await
+        .unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(data["token-id"].0, b"abcdef");
+    assert_eq!(data["usage-bootstrap-authentication"].0, b"true");
+    assert_eq!(
+        status_code(secrets(&b.client).get("bootstrap-token-abcdef").await),
+        404
+    );
+    let config_maps = |c: &kube::Client| Api::<ConfigMap>::namespaced(c.clone(), "kube-system");
+    assert_eq!(
+        config_maps(&a.client)
+            .get("kubeadm-config")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["ClusterConfiguration"],
+        "kubernetesVersion: v1.36.0\n"
+    );
+    assert_eq!(
+        status_code(config_maps(&b.client).get("kubeadm-config").await),
+        404
+    );
+    assert!(
+        Api::<Node>::all(a.client.clone())
+            .get_opt("probe-node")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // In the backing server: in cluster a's namespace, labelled as a's.
+    let backing = bench.backing.client().await.unwrap();
+    let stored = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        backing.clone(),
+        &format!("{}-kube-system", a.prefix),
+    )
+    .get("bootstrap-token-abcdef")
+    .await
+    .unwrap();
+    assert_eq!(
+        stored.metadata.labels.unwrap()[CLUSTER_LABEL],
+        a.prefix.as_str()
+    );
+    // The binding to cluster-admin, written in protobuf, grants nothing there either.
+    let bindings: Vec<ClusterRoleBinding> = Api::<ClusterRoleBinding>::all(backing)
+        .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", a.prefix)))
+        .await
+        .unwrap()
+        .items;
+    assert!(!bindings.is_empty());
+    for binding in &bindings {
+        assert_ne!(binding.role_ref.name, "cluster-admin", "{binding:?}");
+    }
+}

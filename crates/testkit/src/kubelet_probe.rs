@@ -380,6 +380,22 @@ impl KubeletProbe {
         self.run_typed(args).await
     }
 
+    /// What Cluster API writes into a workload cluster, written with protobuf bodies as
+    /// controller-runtime sends them, through the API server of `kubeconfig`; the objects
+    /// as that server answered them (JSON: `secret`, `configMap`, `clusterRole`,
+    /// `clusterRoleBinding`, `role`, `roleBinding`, `nodeDeleted`).
+    pub async fn protobuf_writes(
+        &self,
+        kubeconfig: &Path,
+    ) -> Result<serde_json::Value, ProbeError> {
+        self.run_typed(vec![
+            "protobuf-writes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+        ])
+        .await
+    }
+
     async fn run_typed<T: serde::de::DeserializeOwned>(
         &self,
         args: Vec<OsString>,
