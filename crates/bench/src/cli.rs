@@ -159,6 +159,14 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub workload_apiservers: usize,
 
+    /// Serve each cluster through its own endpoint on a tenancy front over the shared
+    /// workload API servers (one front per server), each cluster seeing only its own
+    /// objects. Each measurement is then made twice in one invocation, first without the
+    /// front (every cluster straight on the shared servers), and the report gives the
+    /// front's cost as ratios.
+    #[arg(long, conflicts_with = "keep")]
+    pub front: bool,
+
     /// How the machines come to need their Nodes: `burst` (every host provisioned at
     /// once while the controller runs), `rate` (at --arrival-rate hosts per second) or
     /// `provisioned` (every host provisioned before the controller starts: a drain,

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod demo;
 pub mod e2e;
+pub mod fronts;
 
 use std::path::PathBuf;
 

@@ -35,9 +35,11 @@ use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::cli::{ArrivalMode, DemoArgs};
+use crate::fronts;
 use metal3_fakenode::fake::node::{host_uid, is_ready};
 use metal3_fakenode::resources::Metal3Machine;
 use metal3_fakenode::shard::Shard;
+use metal3_fakenode_testkit::envtest::certs::ClusterCa;
 use metal3_fakenode_testkit::envtest::process::Supervised;
 use metal3_fakenode_testkit::envtest::{self, Assets, Environment};
 use metal3_fakenode_testkit::probe;
@@ -98,15 +100,25 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
     }
     let mode = args.arrival_mode().map_err(anyhow::Error::msg)?;
     let mut runs = Vec::new();
+    let mut plain_runs = Vec::new();
     let mut last = None;
     for i in 1..=args.repeat {
         if args.repeat > 1 {
             say(format!("run {i} of {}", args.repeat));
         }
-        let measured = measure(&args, mode, assets.clone()).await?;
+        if args.front {
+            // The front's cost, like for like: the same run without it first.
+            say("measuring without the front, for comparison");
+            plain_runs.push(measure(&args, mode, assets.clone(), false).await?.run);
+            say("measuring through the front");
+        }
+        let measured = measure(&args, mode, assets.clone(), args.front).await?;
         runs.push(measured.run.clone());
         last = Some(measured);
     }
+    let without_front = args.front.then(|| {
+        report::WithoutFront::of_pairs(plain_runs, &runs, mode == ArrivalMode::Provisioned)
+    });
     let Some(last) = last else {
         bail!("--repeat must be at least 1");
     };
@@ -120,6 +132,12 @@ async fn demo(args: DemoArgs, assets: Assets) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             full_fidelity: args.full_fidelity,
             nodes_expected: args.clusters * (1 + args.workers),
+            serving: if args.front {
+                "tenancy-front".into()
+            } else {
+                "shared".into()
+            },
+            without_front,
             ..Report::default()
         },
         runs,
@@ -227,7 +245,7 @@ async fn watch_nodes(env: &Environment, seen: &Arc<Mutex<Seen>>) -> anyhow::Resu
                         Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
                             if is_ready(&node)
                                 && let (Some(name), Some(uid)) =
-                                    (node.metadata.name.clone(), host_uid(&node))
+                                    (cluster_name(&node), host_uid(&node))
                             {
                                 let mut seen = lock(&seen);
                                 seen.ready.entry(name.clone()).or_insert_with(Instant::now);
@@ -238,8 +256,8 @@ async fn watch_nodes(env: &Environment, seen: &Arc<Mutex<Seen>>) -> anyhow::Resu
                             }
                         }
                         Ok(watcher::Event::Delete(node)) => {
-                            if let Some(name) = &node.metadata.name {
-                                lock(&seen).ready.remove(name);
+                            if let Some(name) = cluster_name(&node) {
+                                lock(&seen).ready.remove(&name);
                             }
                         }
                         _ => {}
@@ -249,6 +267,25 @@ async fn watch_nodes(env: &Environment, seen: &Arc<Mutex<Seen>>) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+/// A Node's name as its cluster knows it: behind the tenancy front the backing server
+/// holds it as `<prefix>-<name>`, labelled with the prefix.
+fn cluster_name(node: &Node) -> Option<String> {
+    let name = node.metadata.name.as_deref()?;
+    let prefix = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(tenancy::CLUSTER_LABEL));
+    Some(match prefix {
+        Some(prefix) => name
+            .strip_prefix(prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .unwrap_or(name)
+            .to_string(),
+        None => name.to_string(),
+    })
 }
 
 /// Turns the hosts `provisioned` (all at once, or at a rate), recording when each
@@ -413,7 +450,14 @@ async fn settled_requests(controllers: &[Controller]) -> anyhow::Result<f64> {
 
 /// One measurement in fresh control planes: the controller's run, then (with
 /// `--ceiling`) the ceiling's.
-async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::Result<Measured> {
+/// With `front`, every cluster is served through its own endpoint on a tenancy front
+/// (one per server) instead of straight by the shared server.
+async fn measure(
+    args: &DemoArgs,
+    mode: ArrivalMode,
+    assets: Assets,
+    front: bool,
+) -> anyhow::Result<Measured> {
     let shard_count = args.shards;
     // Each process of a sharded run is `run --shard-count N --shard-index I`; one process
     // (the default) runs unsharded, exactly as before sharding existed.
@@ -451,13 +495,27 @@ async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::
         .map(|i| format!("cluster-{i:04}"))
         .collect();
     let mut kubeconfigs = HashMap::new();
+    // Through the front: each cluster's CA (whose key the front signs its endpoint's
+    // serving certificate with) and its endpoint, by cluster.
+    let mut fronted = HashMap::new();
     for (i, cluster) in clusters.iter().enumerate() {
         // Its own user and client certificate: each cluster really is a separate client.
         // Generated here, inline credentials only; read back from their Secrets, they go
         // through `workload::parse_kubeconfig` (the controller, the ceiling, the stand-in).
         let server = &env.workloads[i % servers];
-        let kubeconfig =
-            server.kubeconfig_for_user(&format!("{cluster}-admin"), Some("system:masters"))?;
+        let user = format!("{cluster}-admin");
+        let kubeconfig = if front {
+            let ca = ClusterCa::new(&format!("{cluster}-ca"))?;
+            let host = fronts::host(i % servers);
+            let port = fronts::FIRST_PORT + u16::try_from(i)?;
+            let cert = ca.client_cert(&user, Some("system:masters"))?;
+            let url = format!("https://{host}:{port}");
+            let kubeconfig = envtest::kubeconfig(cluster, &url, &ca.cert_pem(), &user, &cert);
+            fronted.insert(cluster.clone(), (ca, host, port));
+            kubeconfig
+        } else {
+            server.kubeconfig_for_user(&user, Some("system:masters"))?
+        };
         kubeconfigs.insert(cluster.clone(), envtest::kubeconfig_yaml(&kubeconfig)?);
     }
     let host_state = if drain { "provisioned" } else { "provisioning" };
@@ -485,16 +543,50 @@ async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::
     ));
     stream::iter(&clusters)
         .map(|c| {
-            let (mgmt, yaml) = (&mgmt, &kubeconfigs[c]);
+            let (mgmt, yaml, fronted) = (&mgmt, &kubeconfigs[c], fronted.get(c));
             async move {
                 world::namespace(mgmt, c).await?;
                 world::cluster(mgmt, c, c).await?;
+                if let Some((ca, host, port)) = fronted {
+                    // What makes the front serve it: its endpoint and its CA.
+                    world::ca_secret(mgmt, c, c, "ca", &ca.cert_pem(), ca.key_pem()).await?;
+                    let endpoint = serde_json::json!({"spec": {"controlPlaneEndpoint": {
+                        "host": host, "port": port,
+                    }}});
+                    world::dynamic(mgmt, c, "cluster.x-k8s.io", "v1beta2", "Cluster")
+                        .patch(c, &Default::default(), &kube::api::Patch::Merge(&endpoint))
+                        .await?;
+                }
                 world::kubeconfig_secret(mgmt, c, c, world::kubeconfig_data(yaml)).await
             }
         })
         .buffer_unordered(WRITERS)
         .try_collect::<Vec<()>>()
         .await?;
+    let mut running_fronts = Vec::new();
+    if front {
+        let ports = fronts::ports(clusters.len())?;
+        for (j, server) in env.workloads.iter().enumerate() {
+            let started = fronts::start(
+                j,
+                &server.admin_kubeconfig(),
+                &mgmt_kubeconfig,
+                ports.clone(),
+                dir.path(),
+            )
+            .await?;
+            let served = (0..clusters.len()).filter(|i| i % servers == j).count();
+            started
+                .wait_serving(served, Duration::from_secs(300))
+                .await?;
+            running_fronts.push(started);
+        }
+        say(format!(
+            "{} tenancy front(s) serve the {} clusters",
+            running_fronts.len(),
+            clusters.len()
+        ));
+    }
     let created: Vec<world::CreatedMachine> = stream::iter(&machines)
         .map(|m| world::machine(&mgmt, &m.namespace, &m.spec))
         .buffer_unordered(WRITERS)
@@ -654,6 +746,18 @@ async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::
         loop_closed,
         shard_count: shard_reports.len() as u32,
         shards: shard_reports,
+        front_peak_rss_bytes: front.then(|| {
+            running_fronts
+                .iter()
+                .filter_map(|f| process_stats::peak_rss_bytes(f.process.pid()))
+                .sum()
+        }),
+        front_cpu_seconds: front.then(|| {
+            running_fronts
+                .iter()
+                .filter_map(|f| process_stats::cpu_seconds(f.process.pid()))
+                .sum()
+        }),
         ..Run::default()
     };
 
@@ -678,8 +782,20 @@ async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::
     .await;
 
     if args.ceiling {
-        let ceiling =
-            measure_ceiling(args, mode, &env, &mgmt, &machines, &expected, &seen, &flags).await?;
+        // Through the front, each cluster is cleared through its own endpoint: the
+        // backing server holds its objects under the cluster's prefix.
+        let clear: Vec<kube::config::Kubeconfig> = if front {
+            kubeconfigs
+                .values()
+                .map(|yaml| kube::config::Kubeconfig::from_yaml(yaml))
+                .collect::<Result<_, _>>()?
+        } else {
+            env.workloads.iter().map(|w| w.admin_kubeconfig()).collect()
+        };
+        let ceiling = measure_ceiling(
+            args, mode, &clear, &mgmt, &machines, &expected, &seen, &flags,
+        )
+        .await?;
         run.compare_with(ceiling, drain);
     }
     Ok(Measured {
@@ -697,7 +813,7 @@ async fn measure(args: &DemoArgs, mode: ArrivalMode, assets: Assets) -> anyhow::
 async fn measure_ceiling(
     args: &DemoArgs,
     mode: ArrivalMode,
-    env: &Environment,
+    clear: &[kube::config::Kubeconfig],
     mgmt: &kube::Client,
     machines: &[Planned],
     expected: &[&str],
@@ -716,9 +832,13 @@ async fn measure_ceiling(
         .map(|(i, p)| (p.machine.clone(), i))
         .collect();
     // A cold start: the workload API servers as the controller found them.
-    for server in &env.workloads {
-        ceiling::clear(&server.client().await?).await?;
-    }
+    stream::iter(clear)
+        .map(|kubeconfig| async move {
+            ceiling::clear(&envtest::client_for(kubeconfig).await?).await
+        })
+        .buffer_unordered(WRITERS)
+        .try_collect::<Vec<()>>()
+        .await?;
     let forgotten = Instant::now();
     while expected.iter().any(|n| lock(seen).ready.contains_key(*n)) {
         if forgotten.elapsed() > Duration::from_secs(60) {
@@ -933,5 +1053,33 @@ async fn stop_gracefully(process: &mut Supervised) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, prefix: Option<&str>) -> Node {
+        let mut node = Node::default();
+        node.metadata.name = Some(name.into());
+        node.metadata.labels =
+            prefix.map(|p| [(tenancy::CLUSTER_LABEL.to_string(), p.to_string())].into());
+        node
+    }
+
+    #[test]
+    fn a_node_behind_the_front_is_named_as_its_cluster_knows_it() {
+        assert_eq!(cluster_name(&node("c-cp-0", None)).unwrap(), "c-cp-0");
+        assert_eq!(
+            cluster_name(&node("tabcde-c-cp-0", Some("tabcde"))).unwrap(),
+            "c-cp-0"
+        );
+        // A name not carrying the prefix it is labelled with stays as it is.
+        assert_eq!(
+            cluster_name(&node("other-c", Some("tabcde"))).unwrap(),
+            "other-c"
+        );
+        assert_eq!(cluster_name(&Node::default()), None);
     }
 }

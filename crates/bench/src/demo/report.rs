@@ -128,6 +128,42 @@ pub struct Run {
     pub shard_count: u32,
     /// One entry per controller process, by index.
     pub shards: Vec<ShardReport>,
+    /// Through the tenancy front: the fronts' peak resident memory and CPU seconds,
+    /// summed over the fronts.
+    pub front_peak_rss_bytes: Option<u64>,
+    pub front_cpu_seconds: Option<f64>,
+}
+
+/// With `--front`: the same measurements with every cluster straight on the shared
+/// servers, each made just before its run through the front in the same invocation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct WithoutFront {
+    pub median: Run,
+    pub runs: Vec<Run>,
+    /// Nodes/s through the front over Nodes/s without it (the median of each pair's).
+    pub nodes_per_second_ratio: Option<f64>,
+    /// The harness latency's p50 through the front over that without it; none in a
+    /// drain.
+    pub latency_p50_ratio: Option<f64>,
+}
+
+impl WithoutFront {
+    /// `plain[i]` and `fronted[i]` were measured as a pair.
+    pub fn of_pairs(plain: Vec<Run>, fronted: &[Run], drain: bool) -> WithoutFront {
+        let pairs = || plain.iter().zip(fronted);
+        WithoutFront {
+            median: Run::median(&plain),
+            nodes_per_second_ratio: median_some(
+                pairs().map(|(p, f)| ratio(f.nodes_per_second, p.nodes_per_second)),
+            ),
+            latency_p50_ratio: median_some(pairs().map(|(p, f)| {
+                (!drain)
+                    .then(|| ratio(f.latency_seconds.p50, p.latency_seconds.p50))
+                    .flatten()
+            })),
+            runs: plain,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -142,6 +178,11 @@ pub struct Report {
     pub concurrency: u16,
     pub full_fidelity: bool,
     pub nodes_expected: usize,
+    /// How the clusters reach their servers: `shared` (every cluster straight on a shared
+    /// server, seeing all others) or `tenancy-front` (each through its own endpoint).
+    pub serving: String,
+    /// With `--front`: the same runs without the front, and the front's cost.
+    pub without_front: Option<WithoutFront>,
     /// Each figure below (flattened) is the median of `runs`; `duplicates` and `missing`
     /// are the worst run's.
     #[serde(flatten)]
@@ -272,6 +313,12 @@ impl Run {
             loop_closed: median_usize(runs.iter().map(|r| r.loop_closed)),
             shard_count,
             shards,
+            front_peak_rss_bytes: median_some(
+                runs.iter()
+                    .map(|r| r.front_peak_rss_bytes.map(|b| b as f64)),
+            )
+            .map(|b| b.round() as u64),
+            front_cpu_seconds: median_some(runs.iter().map(|r| r.front_cpu_seconds)),
         }
     }
 
@@ -396,6 +443,19 @@ pub fn render(report: &Report) -> String {
             "{} ({} worker(s) each, {} workload API server(s))",
             report.clusters, report.workers_per_cluster, report.workload_apiservers
         ),
+    );
+    line(
+        "serving",
+        match report.serving.as_str() {
+            "tenancy-front" => format!(
+                "through a tenancy front per server (each cluster its own endpoint){}",
+                match (r.front_peak_rss_bytes, r.front_cpu_seconds) {
+                    (Some(rss), Some(cpu)) => format!(": {}, {cpu:.1} s CPU", mib(rss)),
+                    _ => String::new(),
+                }
+            ),
+            _ => "straight on the shared servers (every cluster sees all others)".into(),
+        },
     );
     line(
         "arrival",
@@ -561,12 +621,62 @@ pub fn render(report: &Report) -> String {
             line(&format!("run {}", i + 1), run_line(run, drain));
         }
     }
+    if let Some(w) = &report.without_front {
+        let plain = &w.median;
+        let ratio = |x: Option<f64>| x.map_or_else(|| "-".into(), |x| format!("{x:.2}"));
+        line(
+            "without the front (same invocation)",
+            format!(
+                "{:.1} nodes/s, latency p50 {}, {:.2} requests per Node",
+                plain.nodes_per_second,
+                ms(plain.latency_seconds.p50),
+                plain.requests_per_node
+            ),
+        );
+        line(
+            "through the front / without it",
+            format!(
+                "throughput {}, latency p50 {}",
+                ratio(w.nodes_per_second_ratio),
+                ratio(w.latency_p50_ratio)
+            ),
+        );
+        if w.runs.len() > 1 {
+            for (i, run) in w.runs.iter().enumerate() {
+                line(
+                    &format!("run {} without the front", i + 1),
+                    run_line(run, drain),
+                );
+            }
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fronts_cost_is_the_median_of_each_pairs_ratio() {
+        let run = |rate: f64, p50: f64| Run {
+            nodes_per_second: rate,
+            latency_seconds: Latency {
+                p50,
+                ..Latency::default()
+            },
+            ..Run::default()
+        };
+        let plain = vec![run(100.0, 0.25), run(80.0, 0.5), run(120.0, 0.25)];
+        let fronted = [run(50.0, 0.5), run(60.0, 0.75), run(90.0, 0.25)];
+        let w = WithoutFront::of_pairs(plain, &fronted, false);
+        // Ratios 0.5, 0.75, 0.75 and 2, 1.5, 1: medians 0.75 and 1.5.
+        assert_eq!(w.nodes_per_second_ratio, Some(0.75));
+        assert_eq!(w.latency_p50_ratio, Some(1.5));
+        assert_eq!(w.median.nodes_per_second, 100.0);
+        let drained = WithoutFront::of_pairs(vec![run(100.0, 0.1)], &fronted[..1], true);
+        assert_eq!(drained.latency_p50_ratio, None);
+    }
 
     #[test]
     fn nearest_rank_quantiles() {

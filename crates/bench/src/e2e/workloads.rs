@@ -2,31 +2,25 @@
 //!
 //! Dedicated (the default): a kube-apiserver per cluster, its PKI hanging off the cluster's
 //! CA, as the original experiments ran them. Fronted (`--workload-apiservers K`): K shared
-//! kube-apiservers, each behind a `metal3-fakenode-front` with its own loopback address;
+//! kube-apiservers, each behind a `metal3-fakenode-front` (see [`crate::fronts`]);
 //! cluster `i` is served by front `i % K` on a port of its own, with a serving certificate
 //! the front signs from the cluster's `<cluster>-ca` Secret. Either way the harness reads a
 //! cluster with a kubeconfig of its own making (an admin certificate of the cluster's CA)
 //! at the cluster's control-plane endpoint.
 
 use std::path::Path;
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+
+use crate::fronts;
 use kube::Client;
 use kube::config::Kubeconfig;
 use metal3_fakenode_testkit::envtest::certs::ClusterCa;
 use metal3_fakenode_testkit::envtest::process::Supervised;
 use metal3_fakenode_testkit::envtest::{self, ApiServer, Assets, Etcd};
-use metal3_fakenode_testkit::probe;
 use serde::Serialize;
 
 use crate::demo::process_stats;
-
-/// The first port of every front's range; cluster `i` listens on `FIRST_PORT + i`. The
-/// fronts' addresses differ, so the ranges may overlap.
-const FIRST_PORT: u16 = 7000;
-/// The most clusters the harness spreads over fronts (one port range).
-pub const MAX_FRONTED_CLUSTERS: usize = 1000;
 
 /// How the workload API servers are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,13 +37,6 @@ impl Layout {
             Layout::Dedicated => "dedicated",
             Layout::Fronted(_) => "tenancy-front",
         }
-    }
-
-    /// The loopback address of front `index`: 127.0.0.2 upwards (127.0.0.1 is everyone
-    /// else's), so every front may use the same port range.
-    pub fn front_host(index: usize) -> String {
-        let n = index + 2;
-        format!("127.0.{}.{}", n / 256, n % 256)
     }
 }
 
@@ -135,12 +122,7 @@ impl Workloads {
                 })
             }
             Layout::Fronted(count) => {
-                if names.len() > MAX_FRONTED_CLUSTERS {
-                    anyhow::bail!(
-                        "at most {MAX_FRONTED_CLUSTERS} clusters behind fronts, not {}",
-                        names.len()
-                    );
-                }
+                let ports = fronts::ports(names.len())?;
                 let front = front.ok_or_else(|| anyhow::anyhow!("fronts need an identity"))?;
                 let backing: Vec<String> = (0..count).map(|j| format!("backing-{j}")).collect();
                 let servers: Vec<ApiServer> = futures::stream::iter(
@@ -151,15 +133,24 @@ impl Workloads {
                 .buffered(4)
                 .try_collect()
                 .await?;
-                let mut fronts = Vec::new();
+                let mut running = Vec::new();
                 for (j, server) in servers.iter().enumerate() {
-                    fronts.push(start_front(j, server, &front, dir).await?);
+                    let kubeconfig = server.admin_kubeconfig();
+                    let started = fronts::start(
+                        j,
+                        &kubeconfig,
+                        front.management_kubeconfig,
+                        ports.clone(),
+                        dir,
+                    )
+                    .await?;
+                    running.push(started.process);
                 }
                 let mut access = Vec::new();
                 for (i, (name, ca)) in names.iter().zip(cas).enumerate() {
                     let server = i % count;
-                    let host = Layout::front_host(server);
-                    let port = FIRST_PORT + u16::try_from(i)?;
+                    let host = fronts::host(server);
+                    let port = fronts::FIRST_PORT + u16::try_from(i)?;
                     let admin = ca.client_cert("admin", Some("system:masters"))?;
                     let kubeconfig = envtest::kubeconfig(
                         name,
@@ -178,7 +169,7 @@ impl Workloads {
                 Ok(Workloads {
                     layout,
                     servers,
-                    fronts,
+                    fronts: running,
                     access,
                 })
             }
@@ -208,60 +199,6 @@ impl Workloads {
             .collect();
         ServingCost::new(self.layout.name(), clusters, servers, fronts)
     }
-}
-
-/// Starts front `index` for `server`: its own loopback address, the whole port range,
-/// the backing server's admin kubeconfig, the management cluster as its ServiceAccount.
-async fn start_front(
-    index: usize,
-    server: &ApiServer,
-    identity: &FrontIdentity<'_>,
-    dir: &Path,
-) -> anyhow::Result<Supervised> {
-    let host = Layout::front_host(index);
-    let backing = dir.join(format!("backing-{index}.kubeconfig"));
-    std::fs::write(
-        &backing,
-        envtest::kubeconfig_yaml(&server.admin_kubeconfig())?,
-    )?;
-    let metrics = format!("127.0.0.1:{}", envtest::free_port()?);
-    let last = FIRST_PORT + u16::try_from(MAX_FRONTED_CLUSTERS - 1)?;
-    let args: Vec<String> = [
-        "--backing-kubeconfig",
-        &backing.display().to_string(),
-        "--management-kubeconfig",
-        &identity.management_kubeconfig.display().to_string(),
-        "--host",
-        &host,
-        "--bind",
-        &host,
-        "--ports",
-        &format!("{FIRST_PORT}-{last}"),
-        "--metrics-address",
-        &metrics,
-        "--instance",
-        &format!("front-{index}"),
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
-    let name = format!("metal3-fakenode-front-{index}");
-    let mut process = Supervised::spawn_with_env(
-        &name,
-        &crate::front_binary()?,
-        &args,
-        &[("RUST_LOG", "info")],
-        dir.join(format!("{name}.log")),
-    )?;
-    probe::wait_ready(
-        &mut process,
-        &name,
-        &metrics,
-        "/readyz",
-        Duration::from_secs(60),
-    )
-    .await?;
-    Ok(process)
 }
 
 /// One process's cost: resident memory now and at its peak, CPU seconds since its start.
@@ -334,14 +271,6 @@ impl ServingCost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fronts_get_loopback_addresses_of_their_own() {
-        assert_eq!(Layout::front_host(0), "127.0.0.2");
-        assert_eq!(Layout::front_host(1), "127.0.0.3");
-        assert_eq!(Layout::front_host(254), "127.0.1.0");
-        assert_ne!(Layout::front_host(0), "127.0.0.1");
-    }
 
     #[test]
     fn the_cost_is_summed_over_servers_and_fronts_and_divided_by_the_clusters() {
