@@ -1,5 +1,6 @@
 //! Tenancy fronts (`metal3-fakenode-front`) as the benches run them: one per shared
-//! kube-apiserver, each on a loopback address of its own (127.0.0.2 upwards; 127.0.0.1 is
+//! kube-apiserver, each on a loopback address of its own (in a 127.N/16 block chosen by
+//! the bench's process id, so that two benches on one machine do not meet; 127.0.0.1 is
 //! everyone else's), so every front may use the same port range, watching the management
 //! cluster's Clusters for the ones naming it.
 
@@ -24,10 +25,20 @@ pub fn ports(clusters: usize) -> anyhow::Result<RangeInclusive<u16>> {
     Ok(FIRST_PORT..=last)
 }
 
-/// The loopback address of front `index`.
+/// The loopback address of front `index` of this process.
 pub fn host(index: usize) -> String {
-    let n = index + 2;
-    format!("127.0.{}.{}", n / 256, n % 256)
+    host_in(std::process::id(), index)
+}
+
+/// Front `index` of the bench with process id `pid`: 127.(1 + pid mod 254).x.y, never
+/// 127.0.0.0/16.
+fn host_in(pid: u32, index: usize) -> String {
+    format!(
+        "127.{}.{}.{}",
+        1 + pid % 254,
+        (index / 250) % 256,
+        2 + index % 250
+    )
 }
 
 /// One running front.
@@ -116,9 +127,12 @@ mod tests {
 
     #[test]
     fn fronts_get_loopback_addresses_of_their_own() {
-        assert_eq!(host(0), "127.0.0.2");
-        assert_eq!(host(1), "127.0.0.3");
-        assert_eq!(host(254), "127.0.1.0");
+        assert_eq!(host_in(0, 0), "127.1.0.2");
+        assert_eq!(host_in(0, 1), "127.1.0.3");
+        assert_eq!(host_in(254, 250), "127.1.1.2");
+        assert_eq!(host_in(253, 0), "127.254.0.2");
+        assert_ne!(host_in(1, 0), host_in(2, 0));
+        assert_eq!(host(3), host(3));
     }
 
     #[test]
