@@ -28,8 +28,8 @@ type protobufWritesResult struct {
 // with request bodies in Kubernetes protobuf, as controller-runtime sends them for
 // built-in kinds (its client sets ContentType to protobuf when its scheme knows the
 // kind): CABPK's bootstrap-token Secret, KCP's kubeadm-config ConfigMap (created, then
-// updated with a PUT), KCP's RBAC for an upgrade, and CAPI deleting a Node with
-// DeleteOptions.
+// updated with a PUT), KCP's RBAC for an upgrade, and CAPI deleting a Node (created in
+// JSON, as a kubelet would) with DeleteOptions.
 func runProtobufWrites(ctx context.Context, t *target, args []string) (any, error) {
 	if len(args) != 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", args)
@@ -37,6 +37,13 @@ func runProtobufWrites(ctx context.Context, t *target, args []string) (any, erro
 	config, err := clientcmd.BuildConfigFromFlags("", t.kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	// The Node is created in JSON, as metal3-fakenode's kubelets do (client-go's clientset
+	// would default to protobuf); Cluster API only patches and deletes Nodes.
+	config.ContentType = runtime.ContentTypeJSON
+	jsonClient, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return nil, err
 	}
 	config.ContentType = runtime.ContentTypeProtobuf
 	config.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
@@ -109,7 +116,7 @@ func runProtobufWrites(ctx context.Context, t *target, args []string) (any, erro
 		return nil, fmt.Errorf("creating a RoleBinding: %w", err)
 	}
 
-	node, err := c.CoreV1().Nodes().Create(ctx, &corev1.Node{
+	node, err := jsonClient.CoreV1().Nodes().Create(ctx, &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "probe-node", Labels: map[string]string{"probe": "protobuf"}},
 	}, create)
 	if err != nil {
