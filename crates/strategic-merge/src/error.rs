@@ -91,7 +91,7 @@ impl Error {
     }
 
     /// Whether the fault lies with the OpenAPI document rather than with the patch: a
-    /// server answers the former as its own error (500), the latter as the client's (422).
+    /// server answers the former as its own error (500), the latter as the client's (4xx).
     pub fn is_schema_fault(&self) -> bool {
         matches!(
             self,
