@@ -264,10 +264,13 @@ mod tests {
             },
             Error::UnsupportedQuery { name: s() },
             Error::BadBody(s()),
+            Error::Protobuf(kube_protobuf::Error::BadMagic),
             Error::BodyTooLarge { max: 0 },
             Error::NotAnUpgrade { why: "" },
             Error::TooManyPortForwards { max: 0 },
             Error::PatchConflict { attempts: 0 },
+            Error::StrategicPatch(strategic_merge::Error::NotAnObject { what: "" }),
+            Error::PatchSchema(strategic_merge::Error::NotAnObject { what: "" }),
             Error::Backing(kube::Error::ReadEvents(io())),
             Error::BackingNotJson {
                 status: 0,
