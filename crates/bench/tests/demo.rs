@@ -185,6 +185,13 @@ fn a_drain_is_timed_from_the_controllers_start_against_a_ceiling_sending_the_sam
             run["workload_requests"], ceiling["workload_requests"],
             "{run}"
         );
+        // Counted by purpose: two per Node, one kubeadm-config per cluster, nothing else
+        // (no heartbeats, static pods or leases without --full-fidelity).
+        assert_eq!(
+            run["requests_by_purpose"],
+            serde_json::json!({"registration": 18.0, "kubeadm_config": 3.0}),
+            "{run}"
+        );
         assert!(run["ratio_to_ceiling"].as_f64().unwrap() > 0.0, "{run}");
         assert!(run["latency_p50_ratio_to_ceiling"].is_null(), "{run}");
     }

@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::error::Error;
 use crate::fake::node::{self, endpoint_patch, host_uid, is_ready};
 use crate::fake::{is_ours, lease, managed_by_selector, static_pods};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Purpose};
 use crate::plan::Desired;
 use crate::workload::{WorkloadClient, classify};
 
@@ -78,9 +78,11 @@ async fn ensure_kubeadm_config(
         .as_deref()
         .unwrap_or("kube-system");
     let api: Api<ConfigMap> = Api::namespaced(workload.client.clone(), namespace);
-    Ok(create_unless_exists(workload, metrics, &api, config)
-        .await?
-        .is_some())
+    Ok(
+        create_unless_exists(workload, metrics, Purpose::KubeadmConfig, &api, config)
+            .await?
+            .is_some(),
+    )
 }
 
 /// What [`ensure_node`] found or did.
@@ -104,16 +106,23 @@ async fn ensure_node(
     let api: Api<Node> = Api::all(workload.client.clone());
     let name = node.metadata.name.clone().unwrap_or_default();
     let wanted = host_uid(node).unwrap_or_default().to_string();
-    let created = create_unless_exists(workload, metrics, &api, node).await?;
+    let created =
+        create_unless_exists(workload, metrics, Purpose::Registration, &api, node).await?;
     let (existing, created_at) = match created {
         Some(n) => {
             let at = n.metadata.creation_timestamp.clone();
             (n, at)
         }
         None => {
-            let existing = request(workload, metrics, "get", api.get(&name))
-                .await
-                .map_err(|e| classify(&workload.cluster, e))?;
+            let existing = request(
+                workload,
+                metrics,
+                Purpose::Registration,
+                "get",
+                api.get(&name),
+            )
+            .await
+            .map_err(|e| classify(&workload.cluster, e))?;
             if host_uid(&existing) != Some(wanted.as_str()) {
                 return Err(Error::NodeConflict {
                     cluster: workload.cluster.to_string(),
@@ -127,7 +136,15 @@ async fn ensure_node(
     };
     // A server that dropped the status on create is answered like a Node found not Ready.
     if !is_ready(&existing) {
-        set_status(workload, metrics, &api, &name, &node.status).await?;
+        set_status(
+            workload,
+            metrics,
+            Purpose::Registration,
+            &api,
+            &name,
+            &node.status,
+        )
+        .await?;
     } else if let Some(patch) = desired_endpoint(node)
         .and_then(|(addresses, port)| endpoint_patch(&existing, &addresses, port))
     {
@@ -160,13 +177,19 @@ pub async fn ensure_static_pods(
             status: None,
             ..pod.clone()
         };
-        let fresh = create_unless_exists(workload, metrics, &api, &body)
+        let fresh = create_unless_exists(workload, metrics, Purpose::StaticPods, &api, &body)
             .await?
             .is_some();
         if !fresh {
-            let existing = request(workload, metrics, "get", api.get(&name))
-                .await
-                .map_err(|e| classify(&workload.cluster, e))?;
+            let existing = request(
+                workload,
+                metrics,
+                Purpose::StaticPods,
+                "get",
+                api.get(&name),
+            )
+            .await
+            .map_err(|e| classify(&workload.cluster, e))?;
             if !is_ours(&existing.metadata) {
                 debug!(pod = %name, "a static pod that is not ours: left alone");
                 continue;
@@ -175,7 +198,15 @@ pub async fn ensure_static_pods(
                 continue;
             }
         }
-        set_status(workload, metrics, &api, &name, &pod.status).await?;
+        set_status(
+            workload,
+            metrics,
+            Purpose::StaticPods,
+            &api,
+            &name,
+            &pod.status,
+        )
+        .await?;
         created += usize::from(fresh);
     }
     Ok(created)
@@ -189,9 +220,11 @@ pub async fn ensure_lease(
     metrics: &Metrics,
 ) -> Result<Option<String>, Error> {
     let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
-    Ok(create_unless_exists(workload, metrics, &api, lease)
-        .await?
-        .and_then(|created| created.metadata.uid))
+    Ok(
+        create_unless_exists(workload, metrics, Purpose::Lease, &api, lease)
+            .await?
+            .and_then(|created| created.metadata.uid),
+    )
 }
 
 /// Whose a Node's Lease is, as far as its kubelet knows.
@@ -269,6 +302,7 @@ async fn post_node_status(
     match request(
         workload,
         metrics,
+        Purpose::Heartbeat,
         "patch",
         nodes.patch_status(node, &field_manager(), &Patch::Strategic(patch)),
     )
@@ -295,20 +329,23 @@ async fn renew_lease(
     let uid = match owner {
         LeaseOwner::Foreign => return Ok(LeaseOwner::Foreign),
         LeaseOwner::Ours(uid) => uid.clone(),
-        LeaseOwner::Unknown => match get_opt(workload, metrics, &api, node).await? {
-            None => {
-                let created = ensure_lease(workload, &fresh(), metrics).await?;
-                return Ok(created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours));
+        LeaseOwner::Unknown => {
+            match get_opt(workload, metrics, Purpose::Heartbeat, &api, node).await? {
+                None => {
+                    let created = ensure_lease(workload, &fresh(), metrics).await?;
+                    return Ok(created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours));
+                }
+                Some(l) if !is_ours(&l.metadata) => return Ok(LeaseOwner::Foreign),
+                Some(l) => l.metadata.uid.unwrap_or_default(),
             }
-            Some(l) if !is_ours(&l.metadata) => return Ok(LeaseOwner::Foreign),
-            Some(l) => l.metadata.uid.unwrap_or_default(),
-        },
+        }
     };
     let mut renew = lease::renew_patch(node, now);
     renew["metadata"] = json!({ "uid": uid });
     match request(
         workload,
         metrics,
+        Purpose::Heartbeat,
         "patch",
         api.patch(node, &field_manager(), &Patch::Merge(&renew)),
     )
@@ -349,10 +386,16 @@ pub async fn list_cluster_nodes(
         &workload.cluster.namespace,
         &workload.cluster.name,
     ));
-    request(workload, metrics, "list", api.list(&params))
-        .await
-        .map(|list| list.items)
-        .map_err(|e| classify(&workload.cluster, e))
+    request(
+        workload,
+        metrics,
+        Purpose::Adoption,
+        "list",
+        api.list(&params),
+    )
+    .await
+    .map(|list| list.items)
+    .map_err(|e| classify(&workload.cluster, e))
 }
 
 /// What [`remove_node`] deleted.
@@ -378,23 +421,30 @@ pub async fn remove_node(
     let params = ListParams::default()
         .labels(&managed_by_selector())
         .fields(&format!("spec.nodeName={node}"));
-    let ours = request(workload, metrics, "list", pods.list(&params))
-        .await
-        .map_err(|e| classify(&workload.cluster, e))?;
+    let ours = request(
+        workload,
+        metrics,
+        Purpose::Cleanup,
+        "list",
+        pods.list(&params),
+    )
+    .await
+    .map_err(|e| classify(&workload.cluster, e))?;
     for pod in &ours.items {
         // Pods bound to a Node are deleted gracefully, i.e. by their kubelet, unless
         // deleted at once: there is no kubelet to confirm.
-        removed.static_pods += usize::from(delete_ours(workload, metrics, &pods, pod).await?);
+        removed.static_pods +=
+            usize::from(delete_ours(workload, metrics, Purpose::Cleanup, &pods, pod).await?);
     }
     let leases: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
-    if let Some(l) = get_opt(workload, metrics, &leases, node).await? {
-        removed.lease = delete_ours(workload, metrics, &leases, &l).await?;
+    if let Some(l) = get_opt(workload, metrics, Purpose::Cleanup, &leases, node).await? {
+        removed.lease = delete_ours(workload, metrics, Purpose::Cleanup, &leases, &l).await?;
     }
     let nodes: Api<Node> = Api::all(workload.client.clone());
-    if let Some(n) = get_opt(workload, metrics, &nodes, node).await?
+    if let Some(n) = get_opt(workload, metrics, Purpose::Cleanup, &nodes, node).await?
         && host_uid(&n) == Some(host)
     {
-        removed.node = delete_ours(workload, metrics, &nodes, &n).await?;
+        removed.node = delete_ours(workload, metrics, Purpose::Cleanup, &nodes, &n).await?;
     }
     Ok(removed)
 }
@@ -402,13 +452,14 @@ pub async fn remove_node(
 async fn get_opt<K>(
     workload: &WorkloadClient,
     metrics: &Metrics,
+    purpose: Purpose,
     api: &Api<K>,
     name: &str,
 ) -> Result<Option<K>, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    request(workload, metrics, "get", api.get_opt(name))
+    request(workload, metrics, purpose, "get", api.get_opt(name))
         .await
         .map_err(|e| classify(&workload.cluster, e))
 }
@@ -418,6 +469,7 @@ where
 async fn delete_ours<K>(
     workload: &WorkloadClient,
     metrics: &Metrics,
+    purpose: Purpose,
     api: &Api<K>,
     obj: &K,
 ) -> Result<bool, Error>
@@ -438,6 +490,7 @@ where
     match request(
         workload,
         metrics,
+        purpose,
         "delete",
         api.delete(&obj.name_any(), &params),
     )
@@ -491,6 +544,7 @@ async fn lift_startup_taints(
     request(
         workload,
         metrics,
+        Purpose::Registration,
         "patch",
         api.patch(&name, &field_manager(), &Patch::Merge(&patch)),
     )
@@ -520,11 +574,11 @@ fn field_manager() -> PatchParams {
     }
 }
 
-/// One workload request: rate-limited, timed and counted.
 /// Creates `object`; `None` if one of that name exists already (whoever made it).
 async fn create_unless_exists<K>(
     workload: &WorkloadClient,
     metrics: &Metrics,
+    purpose: Purpose,
     api: &Api<K>,
     object: &K,
 ) -> Result<Option<K>, Error>
@@ -534,6 +588,7 @@ where
     match request(
         workload,
         metrics,
+        purpose,
         "create",
         api.create(&post_params(), object),
     )
@@ -549,6 +604,7 @@ where
 async fn set_status<K>(
     workload: &WorkloadClient,
     metrics: &Metrics,
+    purpose: Purpose,
     api: &Api<K>,
     name: &str,
     status: &impl serde::Serialize,
@@ -560,6 +616,7 @@ where
     request(
         workload,
         metrics,
+        purpose,
         "patch",
         api.patch_status(name, &field_manager(), &Patch::Merge(&patch)),
     )
@@ -592,6 +649,7 @@ pub async fn patch_endpoint(
     request(
         workload,
         metrics,
+        Purpose::Address,
         "patch",
         api.patch_status(name, &field_manager(), &Patch::Merge(patch)),
     )
@@ -600,9 +658,11 @@ pub async fn patch_endpoint(
     Ok(())
 }
 
+/// One workload request: rate-limited, timed and counted by verb, code and purpose.
 pub(crate) async fn request<T>(
     workload: &WorkloadClient,
     metrics: &Metrics,
+    purpose: Purpose,
     verb: &'static str,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
@@ -623,7 +683,7 @@ pub(crate) async fn request<T>(
     };
     metrics
         .workload_requests
-        .with_label_values(&[verb, &code])
+        .with_label_values(&[verb, &code, purpose.as_str()])
         .inc();
     result
 }

@@ -38,6 +38,65 @@ impl ReconcileResult {
     }
 }
 
+/// Why a request went to a workload API server, the values of the `purpose` label: the
+/// verb alone cannot tell a heartbeat's status patch from a registration's taint patch, and
+/// a benchmark counting requests per Node needs the one without the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// The Node: its create, a look at an existing one, its status set again, its
+    /// startup taints lifted.
+    Registration,
+    /// A control plane's `kube-system/kubeadm-config`.
+    KubeadmConfig,
+    /// The control plane's mirror Pods and their status.
+    StaticPods,
+    /// The Node's Lease, created.
+    Lease,
+    /// A kubelet posting its Node's status and renewing its Lease (or stopping posting).
+    Heartbeat,
+    /// The list of a cluster's Nodes with which a controller takes them over.
+    Adoption,
+    /// Deleting what stood for a host.
+    Cleanup,
+    /// A Node's addresses and kubelet port set again.
+    Address,
+    /// The kubelet API settling a port-forward's Pod and Node.
+    PortForward,
+    /// The fake etcd members' state (their Nodes and Pods, a moved leader or removed
+    /// member).
+    EtcdMembers,
+}
+
+impl Purpose {
+    pub const ALL: &'static [Purpose] = &[
+        Purpose::Registration,
+        Purpose::KubeadmConfig,
+        Purpose::StaticPods,
+        Purpose::Lease,
+        Purpose::Heartbeat,
+        Purpose::Adoption,
+        Purpose::Cleanup,
+        Purpose::Address,
+        Purpose::PortForward,
+        Purpose::EtcdMembers,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Registration => "registration",
+            Purpose::KubeadmConfig => "kubeadm_config",
+            Purpose::StaticPods => "static_pods",
+            Purpose::Lease => "lease",
+            Purpose::Heartbeat => "heartbeat",
+            Purpose::Adoption => "adoption",
+            Purpose::Cleanup => "cleanup",
+            Purpose::Address => "address",
+            Purpose::PortForward => "port_forward",
+            Purpose::EtcdMembers => "etcd_members",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub node_creation_latency: Histogram,
@@ -153,10 +212,10 @@ impl Metrics {
             workload_requests: IntCounterVec::new(
                 Opts::new(
                     "fakenode_workload_requests_total",
-                    "Requests to workload API servers, by verb and HTTP status code \
-                     (\"error\" when no response came back).",
+                    "Requests to workload API servers, by verb, HTTP status code \
+                     (\"error\" when no response came back) and purpose.",
                 ),
-                &["verb", "code"],
+                &["verb", "code", "purpose"],
             )?,
             workload_request_duration: HistogramVec::new(
                 HistogramOpts::new(

@@ -723,6 +723,11 @@ async fn measure(
         metrics.push((suffix, text));
     }
     let cpu_after: f64 = shard_reports.iter().map(|s| s.cpu_seconds).sum();
+    let requests_by_purpose = report::sum_by_label(
+        metrics.iter().map(|(_, text)| text.as_str()),
+        report::WORKLOAD_REQUESTS,
+        "purpose",
+    );
     let nodes_created = observed.ready.len();
     let mut run = Run {
         nodes_created,
@@ -737,6 +742,7 @@ async fn measure(
         controller_nodes_created_total: shard_reports.iter().map(|s| s.nodes_created).sum(),
         workload_requests,
         requests_per_node: report::per_node(workload_requests, nodes_created),
+        requests_by_purpose,
         controller_peak_rss_bytes: shard_reports.iter().map(|s| s.peak_rss_bytes).sum(),
         controller_cpu_seconds: cpu_after,
         controller_cpu_seconds_per_1000_nodes: report::per_node(cpu_measured, nodes_created)

@@ -1,6 +1,8 @@
 //! The demo's report: pure arithmetic over what the harness observed and what the
 //! controller's `/metrics` said, and its JSON and text forms.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// Latency quantiles in seconds.
@@ -105,6 +107,9 @@ pub struct Run {
     pub workload_requests: f64,
     /// `workload_requests` per Node created.
     pub requests_per_node: f64,
+    /// The controller's requests by purpose (`registration`, `kubeadm_config`,
+    /// `heartbeat`...), read at the end of the run: what `requests_per_node` is made of.
+    pub requests_by_purpose: BTreeMap<String, f64>,
     pub ceiling: Option<CeilingRun>,
     /// This run's Nodes/s over the ceiling's.
     pub ratio_to_ceiling: Option<f64>,
@@ -237,6 +242,37 @@ fn median_latency<'a>(all: impl Iterator<Item = &'a Latency> + Clone) -> Latency
     }
 }
 
+/// Each key's median over the maps (a map without the key counts 0).
+fn median_by_key<'a>(
+    maps: impl Iterator<Item = &'a BTreeMap<String, f64>> + Clone,
+) -> BTreeMap<String, f64> {
+    let keys: std::collections::BTreeSet<&String> = maps.clone().flat_map(|m| m.keys()).collect();
+    keys.into_iter()
+        .map(|k| {
+            let values = maps.clone().map(|m| m.get(k).copied().unwrap_or(0.0));
+            (k.clone(), median(values))
+        })
+        .collect()
+}
+
+/// A counter's samples summed by the values of one of its labels, over several
+/// expositions (one per shard).
+pub fn sum_by_label<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+    name: &str,
+    label: &str,
+) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for text in texts {
+        for (labels, value) in samples(text, name) {
+            if let Some((_, v)) = labels.iter().find(|(k, _)| k == label) {
+                *sums.entry(v.clone()).or_insert(0.0) += value;
+            }
+        }
+    }
+    sums
+}
+
 fn median_usize(values: impl Iterator<Item = usize>) -> usize {
     median(values.map(|v| v as f64)).round() as usize
 }
@@ -300,6 +336,7 @@ impl Run {
             controller_nodes_created_total: m(|r| r.controller_nodes_created_total),
             workload_requests: m(|r| r.workload_requests),
             requests_per_node: m(|r| r.requests_per_node),
+            requests_by_purpose: median_by_key(runs.iter().map(|r| &r.requests_by_purpose)),
             ceiling: (!ceilings.is_empty()).then(|| CeilingRun::median(&ceilings)),
             ratio_to_ceiling: median_some(runs.iter().map(|r| r.ratio_to_ceiling)),
             latency_p50_ratio_to_ceiling: median_some(
@@ -591,6 +628,15 @@ pub fn render(report: &Report) -> String {
             ),
         },
     );
+    if !r.requests_by_purpose.is_empty() {
+        let parts: Vec<String> = r
+            .requests_by_purpose
+            .iter()
+            .filter(|(_, n)| **n > 0.0)
+            .map(|(purpose, n)| format!("{purpose} {n}"))
+            .collect();
+        line("requests by purpose (controller)", parts.join(", "));
+    }
     let all = if r.shards.len() > 1 {
         " (all shards)"
     } else {
@@ -656,6 +702,33 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_summed_by_purpose_over_the_shards() {
+        let a = "fakenode_workload_requests_total{code=\"201\",purpose=\"registration\",verb=\"create\"} 10\n\
+                 fakenode_workload_requests_total{code=\"200\",purpose=\"heartbeat\",verb=\"patch\"} 4\n\
+                 fakenode_workload_requests_total{code=\"409\",purpose=\"registration\",verb=\"create\"} 1\n";
+        let b = "fakenode_workload_requests_total{code=\"200\",purpose=\"heartbeat\",verb=\"patch\"} 6\n";
+        let sums = sum_by_label([a, b], WORKLOAD_REQUESTS, "purpose");
+        assert_eq!(
+            sums,
+            BTreeMap::from([
+                ("heartbeat".to_string(), 10.0),
+                ("registration".to_string(), 11.0)
+            ])
+        );
+        let runs = [
+            BTreeMap::from([("heartbeat".to_string(), 10.0)]),
+            BTreeMap::from([("registration".to_string(), 3.0)]),
+            BTreeMap::from([
+                ("heartbeat".to_string(), 4.0),
+                ("registration".to_string(), 5.0),
+            ]),
+        ];
+        let m = median_by_key(runs.iter());
+        assert_eq!(m["heartbeat"], 4.0);
+        assert_eq!(m["registration"], 3.0);
+    }
 
     #[test]
     fn the_fronts_cost_is_the_median_of_each_pairs_ratio() {

@@ -123,7 +123,13 @@ impl Members {
             cluster.namespace, cluster.name
         );
         let params = ListParams::default().labels(&selector);
-        let listed = request(workload, &self.api.metrics, "list", nodes.list(&params));
+        let listed = request(
+            workload,
+            &self.api.metrics,
+            crate::metrics::Purpose::EtcdMembers,
+            "list",
+            nodes.list(&params),
+        );
         let nodes = listed.await.map_err(|e| unavailable("Nodes", e))?;
         let pods: Api<Pod> = Api::namespaced(workload.client.clone(), NAMESPACE);
         let selector = format!(
@@ -132,7 +138,13 @@ impl Members {
             managed_by_selector()
         );
         let params = ListParams::default().labels(&selector);
-        let listed = request(workload, &self.api.metrics, "list", pods.list(&params));
+        let listed = request(
+            workload,
+            &self.api.metrics,
+            crate::metrics::Purpose::EtcdMembers,
+            "list",
+            pods.list(&params),
+        );
         let pods = listed.await.map_err(|e| unavailable("etcd Pods", e))?;
         let view = View::derive(
             &self.cluster_key(cluster),
@@ -184,7 +196,14 @@ impl Backend for Members {
         let pods: Api<Pod> = Api::namespaced(workload.client.clone(), NAMESPACE);
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
         let patched = pods.patch(&pod, &params, &patch);
-        let result = request(workload, &self.api.metrics, "patch", patched).await;
+        let result = request(
+            workload,
+            &self.api.metrics,
+            crate::metrics::Purpose::EtcdMembers,
+            "patch",
+            patched,
+        )
+        .await;
         crate::lock(&self.api.fakes.etcd_views).remove(&target.resolved.cluster);
         result.map(|_| ()).map_err(|e| {
             tonic::Status::unavailable(format!(

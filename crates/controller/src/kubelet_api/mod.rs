@@ -244,7 +244,13 @@ impl KubeletApi {
                 message: crate::tolerant::bounded(e.to_string(), 512),
             };
             let pods: Api<Pod> = Api::namespaced(workload.client.clone(), namespace);
-            let got = crate::apply::request(&workload, &self.metrics, "get", pods.get_opt(pod));
+            let got = crate::apply::request(
+                &workload,
+                &self.metrics,
+                crate::metrics::Purpose::PortForward,
+                "get",
+                pods.get_opt(pod),
+            );
             let Some(found_pod) = got.await.map_err(refused)? else {
                 continue;
             };
@@ -252,8 +258,13 @@ impl KubeletApi {
                 continue;
             };
             let nodes: Api<Node> = Api::all(workload.client.clone());
-            let got =
-                crate::apply::request(&workload, &self.metrics, "get", nodes.get_opt(&node_name));
+            let got = crate::apply::request(
+                &workload,
+                &self.metrics,
+                crate::metrics::Purpose::PortForward,
+                "get",
+                nodes.get_opt(&node_name),
+            );
             let Some(node) = got.await.map_err(refused)? else {
                 continue;
             };
@@ -312,7 +323,13 @@ impl KubeletApi {
         };
         let workload = self.workload(&cluster).await.ok_or_else(unknown)?;
         let pods: Api<Pod> = Api::namespaced(workload.client.clone(), namespace);
-        let got = crate::apply::request(&workload, &self.metrics, "get", pods.get_opt(pod));
+        let got = crate::apply::request(
+            &workload,
+            &self.metrics,
+            crate::metrics::Purpose::PortForward,
+            "get",
+            pods.get_opt(pod),
+        );
         let found_pod = got.await.map_err(refused)?.ok_or_else(unknown)?;
         let node_name = found_pod
             .spec
@@ -320,7 +337,13 @@ impl KubeletApi {
             .and_then(|s| s.node_name.clone())
             .ok_or_else(unknown)?;
         let nodes: Api<Node> = Api::all(workload.client.clone());
-        let got = crate::apply::request(&workload, &self.metrics, "get", nodes.get_opt(&node_name));
+        let got = crate::apply::request(
+            &workload,
+            &self.metrics,
+            crate::metrics::Purpose::PortForward,
+            "get",
+            nodes.get_opt(&node_name),
+        );
         let node = got.await.map_err(refused)?.ok_or_else(unknown)?;
         if targets::cluster_of(&node).as_ref() != Some(&cluster) {
             return Err(unknown());

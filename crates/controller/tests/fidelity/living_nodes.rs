@@ -218,7 +218,7 @@ async fn heartbeat_cost() {
     let patches = || {
         ctl.metrics
             .workload_requests
-            .with_label_values(&["patch", "200"])
+            .with_label_values(&["patch", "200", "heartbeat"])
             .get()
     };
     let cpu = || {
