@@ -49,7 +49,7 @@ use metal3_fakenode_testkit::probe;
 use metal3_fakenode_testkit::simulate::world::dynamic;
 use providers::{PROVIDERS, Running};
 use report::{ClusterReport, Report, Step};
-use workloads::{Access, FrontIdentity, Layout, Workloads};
+use workloads::{Access, Layout, Workloads};
 
 /// The environment variable naming the directory `hack/e2e-assets.sh` prints.
 pub const ASSETS_ENV: &str = "METAL3_FAKENODE_E2E_ASSETS";
@@ -226,9 +226,7 @@ async fn scenario(
         &etcd,
         &names,
         cas,
-        front_kubeconfig.as_deref().map(|path| FrontIdentity {
-            management_kubeconfig: path,
-        }),
+        front_kubeconfig.as_deref(),
         dir,
     )
     .await?;

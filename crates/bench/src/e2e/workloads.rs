@@ -66,12 +66,6 @@ pub struct Workloads {
     pub access: Vec<Access>,
 }
 
-/// The identity the fronts watch the management cluster with: the ServiceAccount of
-/// deploy/components/tenancy-front, with its RBAC.
-pub struct FrontIdentity<'a> {
-    pub management_kubeconfig: &'a Path,
-}
-
 impl Workloads {
     /// Starts the servers (a few at once: each takes seconds of CPU) and, fronted, one
     /// front per server, ready once it has listed the Clusters. `cas` are the clusters'
@@ -82,7 +76,9 @@ impl Workloads {
         etcd: &Etcd,
         names: &[String],
         cas: Vec<ClusterCa>,
-        front: Option<FrontIdentity<'_>>,
+        // The management cluster as the fronts see it (a kubeconfig of the ServiceAccount
+        // of deploy/components/tenancy-front); fronted layouts need it.
+        front_identity: Option<&Path>,
         dir: &Path,
     ) -> anyhow::Result<Workloads> {
         match layout {
@@ -123,7 +119,8 @@ impl Workloads {
             }
             Layout::Fronted(count) => {
                 let ports = fronts::ports(names.len())?;
-                let front = front.ok_or_else(|| anyhow::anyhow!("fronts need an identity"))?;
+                let management =
+                    front_identity.ok_or_else(|| anyhow::anyhow!("fronts need an identity"))?;
                 let backing: Vec<String> = (0..count).map(|j| format!("backing-{j}")).collect();
                 let servers: Vec<ApiServer> = futures::stream::iter(
                     backing
@@ -136,14 +133,8 @@ impl Workloads {
                 let mut running = Vec::new();
                 for (j, server) in servers.iter().enumerate() {
                     let kubeconfig = server.admin_kubeconfig();
-                    let started = fronts::start(
-                        j,
-                        &kubeconfig,
-                        front.management_kubeconfig,
-                        ports.clone(),
-                        dir,
-                    )
-                    .await?;
+                    let started =
+                        fronts::start(j, &kubeconfig, management, ports.clone(), dir).await?;
                     running.push(started.process);
                 }
                 let mut access = Vec::new();
