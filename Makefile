@@ -29,7 +29,7 @@ rules:
 DEMO_ARGS ?= --clusters 100 --ceiling --report target/demo-report.json --plot target/demo.svg
 demo:
 	assets=$$(hack/envtest-assets.sh) && \
-	  cargo build --release --locked -p metal3-fakenode -p metal3-fakenode-bench && \
+	  cargo build --release --locked -p metal3-fakenode -p metal3-fakenode-front -p metal3-fakenode-bench && \
 	  $(ASSETS_ENV)=$$assets target/release/metal3-fakenode-bench demo $(DEMO_ARGS)
 
 ## End to end with the real upstream controllers (override E2E_ARGS, e.g.
