@@ -44,6 +44,9 @@ e2e:
 ## servers, a real Prometheus and the real upstream controllers (the bench's e2e, small).
 ## A plain `cargo test` runs the unit tests and marks the integration tests ignored;
 ## METAL3_FAKENODE_REQUIRE_ASSETS makes them run (and fail without their assets).
+## Without incremental compilation (here and in its lint): a one-off build gains nothing
+## from it, and its cache (about 2 GiB for the suite) can fill a small CI disk.
+test: export CARGO_INCREMENTAL := 0
 test: lint rules
 	assets=$$(hack/envtest-assets.sh) && e2e=$$(hack/e2e-assets.sh) && \
 	  METAL3_FAKENODE_REQUIRE_ASSETS=1 $(ASSETS_ENV)=$$assets $(E2E_ASSETS_ENV)=$$e2e cargo test --workspace --locked
