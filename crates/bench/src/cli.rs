@@ -215,6 +215,12 @@ pub struct DemoArgs {
     #[arg(long)]
     pub full_fidelity: bool,
 
+    /// After the run, leave the controller alone with its Nodes' heartbeats this long
+    /// (after a warm-up of 60 s) and report their requests, the CPU they cost and how
+    /// flat resident memory stays, e.g. `--soak 10m`. Needs --full-fidelity.
+    #[arg(long, value_parser = parse_duration, requires = "full_fidelity")]
+    pub soak: Option<Duration>,
+
     /// Controller processes, each `run --shard-count N --shard-index I` with a metrics
     /// port of its own, as N sharded replicas would run; the report then gives each
     /// shard's throughput. 1: one unsharded controller.
@@ -274,5 +280,12 @@ mod tests {
         assert!(demo(&["--keep", "--ceiling"]).is_err());
         assert!(demo(&["--keep", "--repeat", "3"]).is_err());
         assert!(demo(&["--keep"]).is_ok());
+    }
+
+    #[test]
+    fn a_soak_needs_the_heartbeats_of_full_fidelity() {
+        assert!(demo(&["--soak", "10m"]).is_err());
+        let soak = demo(&["--soak", "10m", "--full-fidelity"]).map(|d| d.soak);
+        assert_eq!(soak.ok().flatten(), Some(Duration::from_secs(600)));
     }
 }

@@ -723,6 +723,10 @@ async fn measure(
         metrics.push((suffix, text));
     }
     let cpu_after: f64 = shard_reports.iter().map(|s| s.cpu_seconds).sum();
+    let soak = match args.soak {
+        Some(window) => Some(soak(&controllers, SOAK_WARM_UP, window).await?),
+        None => None,
+    };
     let requests_by_purpose = report::sum_by_label(
         metrics.iter().map(|(_, text)| text.as_str()),
         report::WORKLOAD_REQUESTS,
@@ -764,6 +768,7 @@ async fn measure(
                 .filter_map(|f| process_stats::cpu_seconds(f.process.pid()))
                 .sum()
         }),
+        soak,
         ..Run::default()
     };
 
@@ -811,6 +816,72 @@ async fn measure(
         metrics,
         kept: None,
     })
+}
+
+/// Longer than the default heartbeat interval (40 s): every Node has beaten once, and its
+/// cluster's connection is open, before the soak's window starts.
+const SOAK_WARM_UP: Duration = Duration::from_secs(60);
+/// How often the soak samples resident memory.
+const SOAK_SAMPLE: Duration = Duration::from_secs(10);
+
+/// `--soak`: the controllers alone with their Nodes' heartbeats; their requests and CPU
+/// over the window, their resident memory every few seconds.
+async fn soak(
+    controllers: &[Controller],
+    warm_up: Duration,
+    window: Duration,
+) -> anyhow::Result<report::Soak> {
+    say(format!(
+        "soaking: {}s of heartbeats after {}s of warm-up",
+        window.as_secs(),
+        warm_up.as_secs()
+    ));
+    tokio::time::sleep(warm_up).await;
+    let counters = || async {
+        let mut texts = Vec::new();
+        for c in controllers {
+            texts.push(probe::get(&c.metrics_address, "/metrics").await?.1);
+        }
+        let heartbeats = report::sum_by_label(
+            texts.iter().map(String::as_str),
+            report::WORKLOAD_REQUESTS,
+            "purpose",
+        )
+        .get("heartbeat")
+        .copied()
+        .unwrap_or(0.0);
+        let all: f64 = texts
+            .iter()
+            .map(|t| report::total(t, report::WORKLOAD_REQUESTS))
+            .sum();
+        let cpu: f64 = controllers
+            .iter()
+            .filter_map(|c| process_stats::cpu_seconds(c.process.pid()))
+            .sum();
+        anyhow::Ok((heartbeats, all, cpu))
+    };
+    let rss = || -> u64 {
+        controllers
+            .iter()
+            .filter_map(|c| process_stats::rss_bytes(c.process.pid()))
+            .sum()
+    };
+    let started = Instant::now();
+    let (heartbeats_before, all_before, cpu_before) = counters().await?;
+    let mut samples = vec![rss()];
+    while started.elapsed() < window {
+        tokio::time::sleep(SOAK_SAMPLE.min(window.saturating_sub(started.elapsed()))).await;
+        samples.push(rss());
+    }
+    let (heartbeats_after, all_after, cpu_after) = counters().await?;
+    Ok(report::Soak::of_window(
+        started.elapsed().as_secs_f64(),
+        warm_up.as_secs_f64(),
+        heartbeats_after - heartbeats_before,
+        all_after - all_before,
+        cpu_after - cpu_before,
+        samples,
+    ))
 }
 
 /// The ceiling, once the controller has stopped: its objects removed, the same requests

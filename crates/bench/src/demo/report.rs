@@ -137,6 +137,79 @@ pub struct Run {
     /// summed over the fronts.
     pub front_peak_rss_bytes: Option<u64>,
     pub front_cpu_seconds: Option<f64>,
+    /// `--soak`: the controller left running with its heartbeats after the run.
+    pub soak: Option<Soak>,
+}
+
+/// What the heartbeats of a settled deployment cost: the controller alone with its Nodes
+/// for a while, after a warm-up in which every Node has beaten at least once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Soak {
+    /// The measured window (the warm-up before it not counted).
+    pub seconds: f64,
+    pub warm_up_seconds: f64,
+    /// Requests with `purpose="heartbeat"` in the window, and all workload requests.
+    pub heartbeat_requests: f64,
+    pub workload_requests: f64,
+    pub heartbeat_requests_per_second: f64,
+    /// The controller's CPU over the window (all shards).
+    pub cpu_seconds: f64,
+    pub cpu_percent_of_a_core: f64,
+    pub cpu_seconds_per_1000_requests: f64,
+    /// Resident memory (all shards) sampled through the window, first to last.
+    pub rss_bytes: Vec<u64>,
+    /// The largest sample less the smallest: how flat memory stayed.
+    pub rss_spread_bytes: u64,
+}
+
+impl Soak {
+    /// The figures of a window from its counters at both ends and its memory samples.
+    pub fn of_window(
+        seconds: f64,
+        warm_up_seconds: f64,
+        heartbeat_requests: f64,
+        workload_requests: f64,
+        cpu_seconds: f64,
+        rss_bytes: Vec<u64>,
+    ) -> Soak {
+        let spread = match (rss_bytes.iter().max(), rss_bytes.iter().min()) {
+            (Some(max), Some(min)) => max - min,
+            _ => 0,
+        };
+        Soak {
+            seconds,
+            warm_up_seconds,
+            heartbeat_requests,
+            workload_requests,
+            heartbeat_requests_per_second: per_second(heartbeat_requests, seconds),
+            cpu_seconds,
+            cpu_percent_of_a_core: per_second(cpu_seconds, seconds) * 100.0,
+            cpu_seconds_per_1000_requests: if workload_requests > 0.0 {
+                cpu_seconds / workload_requests * 1000.0
+            } else {
+                0.0
+            },
+            rss_spread_bytes: spread,
+            rss_bytes,
+        }
+    }
+
+    /// Each figure the median of the runs'; the memory samples are each run's own.
+    fn median(soaks: &[&Soak]) -> Soak {
+        let m = |f: fn(&Soak) -> f64| median(soaks.iter().map(|s| f(s)));
+        Soak {
+            seconds: m(|s| s.seconds),
+            warm_up_seconds: m(|s| s.warm_up_seconds),
+            heartbeat_requests: m(|s| s.heartbeat_requests),
+            workload_requests: m(|s| s.workload_requests),
+            heartbeat_requests_per_second: m(|s| s.heartbeat_requests_per_second),
+            cpu_seconds: m(|s| s.cpu_seconds),
+            cpu_percent_of_a_core: m(|s| s.cpu_percent_of_a_core),
+            cpu_seconds_per_1000_requests: m(|s| s.cpu_seconds_per_1000_requests),
+            rss_bytes: Vec::new(),
+            rss_spread_bytes: m(|s| s.rss_spread_bytes as f64).round() as u64,
+        }
+    }
 }
 
 /// With `--front`: the same measurements with every cluster straight on the shared
@@ -356,6 +429,10 @@ impl Run {
             )
             .map(|b| b.round() as u64),
             front_cpu_seconds: median_some(runs.iter().map(|r| r.front_cpu_seconds)),
+            soak: {
+                let soaks: Vec<&Soak> = runs.iter().filter_map(|r| r.soak.as_ref()).collect();
+                (!soaks.is_empty()).then(|| Soak::median(&soaks))
+            },
         }
     }
 
@@ -658,6 +735,39 @@ pub fn render(report: &Report) -> String {
         ),
     );
     line("workload clients", format!("{}", r.workload_clients));
+    if let Some(s) = &r.soak {
+        line(
+            "heartbeat soak",
+            format!(
+                "{:.0} s after {:.0} s of warm-up: {:.1} heartbeat requests/s",
+                s.seconds, s.warm_up_seconds, s.heartbeat_requests_per_second
+            ),
+        );
+        line(
+            "soak CPU",
+            format!(
+                "{:.2} % of a core, {:.2} s per 1000 requests ({} requests)",
+                s.cpu_percent_of_a_core, s.cpu_seconds_per_1000_requests, s.workload_requests
+            ),
+        );
+        let spread = format!(
+            "spread {:.1} MiB",
+            s.rss_spread_bytes as f64 / (1024.0 * 1024.0)
+        );
+        line(
+            "soak RSS",
+            match (s.rss_bytes.first(), s.rss_bytes.last()) {
+                (Some(first), Some(last)) => format!(
+                    "{} first, {} last, {spread} over {} samples",
+                    mib(*first),
+                    mib(*last),
+                    s.rss_bytes.len()
+                ),
+                // The median of several runs keeps no samples of its own.
+                _ => spread,
+            },
+        );
+    }
     line(
         "loop closed (providerID set)",
         format!("{} / {}", r.loop_closed, report.nodes_expected),
@@ -702,6 +812,32 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soak_window_gives_rates_per_second_and_per_request_and_the_memory_spread() {
+        let mib = 1024 * 1024;
+        let soak = Soak::of_window(
+            600.0,
+            60.0,
+            15_000.0,
+            15_100.0,
+            6.0,
+            vec![80 * mib, 82 * mib, 81 * mib],
+        );
+        assert_eq!(soak.heartbeat_requests_per_second, 25.0);
+        assert_eq!(soak.cpu_percent_of_a_core, 1.0);
+        assert!((soak.cpu_seconds_per_1000_requests - 6.0 / 15.1).abs() < 1e-9);
+        assert_eq!(soak.rss_spread_bytes, 2 * mib);
+        let empty = Soak::of_window(0.0, 0.0, 0.0, 0.0, 0.0, Vec::new());
+        assert_eq!(
+            (
+                empty.heartbeat_requests_per_second,
+                empty.cpu_seconds_per_1000_requests
+            ),
+            (0.0, 0.0)
+        );
+        assert_eq!(empty.rss_spread_bytes, 0);
+    }
 
     #[test]
     fn requests_are_summed_by_purpose_over_the_shards() {
