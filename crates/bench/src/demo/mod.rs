@@ -638,6 +638,11 @@ async fn measure(
     let expected: Vec<&str> = machines.iter().map(|m| m.spec.name.as_str()).collect();
     wait_ready(&seen, &expected, t0, args.timeout, &mut controllers).await?;
     let cpu_measured = controllers.iter().map(cpu).sum::<f64>() - cpu_at_start;
+    // Every cluster's connection is open now: close to the most it holds.
+    let open_files: u64 = controllers
+        .iter()
+        .filter_map(|c| process_stats::open_files(c.process.pid()))
+        .sum();
     if let Some(flipping) = provisioning {
         flipping.await??;
     }
@@ -753,6 +758,11 @@ async fn measure(
             * 1000.0,
         controller_idle_cpu_percent: (cpu_after - cpu_before) / idle_window.as_secs_f64() * 100.0,
         workload_clients: shard_reports.iter().map(|s| s.workload_clients).sum(),
+        controller_open_files: open_files,
+        controller_open_files_limit: controllers
+            .iter()
+            .filter_map(|c| process_stats::open_files_limit(c.process.pid()))
+            .min(),
         loop_closed,
         shard_count: shard_reports.len() as u32,
         shards: shard_reports,

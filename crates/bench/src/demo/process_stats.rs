@@ -24,6 +24,30 @@ fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Open file descriptors now.
+pub fn open_files(pid: u32) -> Option<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.count() as u64)
+}
+
+/// The soft limit of open files (what the process may open), from /proc/PID/limits.
+pub fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    soft_limit(&limits, "Max open files")
+}
+
+/// The soft limit (the first number after the name) of one line of /proc/PID/limits;
+/// none for "unlimited".
+fn soft_limit(limits: &str, name: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// User + system CPU seconds so far.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -59,10 +83,22 @@ mod tests {
     }
 
     #[test]
+    fn the_soft_limit_is_the_first_number_of_its_line() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            1024                 524288               files     \n\
+                      Max locked memory         unlimited            unlimited            bytes     \n";
+        assert_eq!(soft_limit(limits, "Max open files"), Some(1024));
+        assert_eq!(soft_limit(limits, "Max locked memory"), None);
+        assert_eq!(soft_limit(limits, "Max processes"), None);
+    }
+
+    #[test]
     fn this_process_has_a_peak_rss_and_cpu_time() {
         let me = std::process::id();
         assert!(peak_rss_bytes(me).unwrap() > 1024 * 1024);
         assert!(rss_bytes(me).unwrap() <= peak_rss_bytes(me).unwrap());
         assert!(cpu_seconds(me).unwrap() >= 0.0);
+        assert!(open_files(me).unwrap() >= 3);
+        assert!(open_files_limit(me).unwrap() >= open_files(me).unwrap());
     }
 }

@@ -127,6 +127,10 @@ pub struct Run {
     pub controller_idle_cpu_percent: f64,
     /// Summed over the shards: each caches clients for its own clusters only.
     pub workload_clients: f64,
+    /// Open file descriptors at the end of the run (all shards), and the soft limit each
+    /// process had (the controller raises it to the hard limit at start).
+    pub controller_open_files: u64,
+    pub controller_open_files_limit: Option<u64>,
     /// Metal3Machines that got their providerID (the loop closed by the CAPM3 stand-in).
     pub loop_closed: usize,
     /// Controller processes (`--shards`); 1 runs the controller unsharded.
@@ -194,8 +198,12 @@ impl Soak {
         }
     }
 
-    /// Each figure the median of the runs'; the memory samples are each run's own.
+    /// Each figure the median of the runs'; the memory samples are each run's own (one
+    /// run's are kept).
     fn median(soaks: &[&Soak]) -> Soak {
+        if let [only] = soaks {
+            return (*only).clone();
+        }
         let m = |f: fn(&Soak) -> f64| median(soaks.iter().map(|s| f(s)));
         Soak {
             seconds: m(|s| s.seconds),
@@ -420,6 +428,11 @@ impl Run {
             controller_cpu_seconds_per_1000_nodes: m(|r| r.controller_cpu_seconds_per_1000_nodes),
             controller_idle_cpu_percent: m(|r| r.controller_idle_cpu_percent),
             workload_clients: m(|r| r.workload_clients),
+            controller_open_files: m(|r| r.controller_open_files as f64).round() as u64,
+            controller_open_files_limit: runs
+                .iter()
+                .filter_map(|r| r.controller_open_files_limit)
+                .min(),
             loop_closed: median_usize(runs.iter().map(|r| r.loop_closed)),
             shard_count,
             shards,
@@ -528,6 +541,14 @@ fn run_line(r: &Run, drain: bool) -> String {
     );
     if !drain {
         text.push_str(&format!(", p50 {}", ms(r.latency_seconds.p50)));
+    }
+    text.push_str(&format!(", peak RSS {}", mib(r.controller_peak_rss_bytes)));
+    if let Some(s) = &r.soak {
+        text.push_str(&format!(
+            ", soak {:.2} % of a core, RSS spread {:.1} MiB",
+            s.cpu_percent_of_a_core,
+            s.rss_spread_bytes as f64 / (1024.0 * 1024.0)
+        ));
     }
     if let Some(c) = &r.ceiling {
         text.push_str(&format!(
@@ -735,6 +756,13 @@ pub fn render(report: &Report) -> String {
         ),
     );
     line("workload clients", format!("{}", r.workload_clients));
+    line(
+        &format!("controller open files{all}"),
+        match r.controller_open_files_limit {
+            Some(limit) => format!("{} (limit {limit})", r.controller_open_files),
+            None => format!("{}", r.controller_open_files),
+        },
+    );
     if let Some(s) = &r.soak {
         line(
             "heartbeat soak",
