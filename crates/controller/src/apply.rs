@@ -671,7 +671,7 @@ pub(crate) async fn request<T>(
         metrics.workload_server_wait.inc_by(waited.as_secs_f64());
     }
     let started = Instant::now();
-    let result = call.await;
+    let result = workload.timed(call).await;
     metrics
         .workload_request_duration
         .with_label_values(&[verb])

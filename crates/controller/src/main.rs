@@ -10,7 +10,7 @@ use metal3_fakenode::http::{self, Health};
 use metal3_fakenode::metrics::Metrics;
 use metal3_fakenode::shutdown::{self, Ending, Stop};
 use metal3_fakenode::{leadership, telemetry};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             telemetry::init(args.log_format);
+            raise_open_files_limit();
             let grace = args.shutdown_grace;
             let work = |stop| run(*args, stop);
             match shutdown::run_until_deadline(work, shutdown::signals(), grace).await {
@@ -37,6 +38,19 @@ async fn main() -> ExitCode {
             eprintln!("metal3-fakenode: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Each workload cluster holds at least one connection: thousands of them exhaust a soft
+/// limit of 1024 open files (a common default outside containers), so the soft limit is
+/// raised to the hard one, the most this process is allowed anyway.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(e) => warn!(
+            error = %e,
+            "cannot raise the open files limit: thousands of workload clusters may exhaust it"
+        ),
     }
 }
 

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use kube::Client;
-use kube::client::ClientBuilder;
 use kube::client::RustlsTlsError;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
 use secrecy::ExposeSecret;
@@ -164,6 +163,7 @@ pub struct WorkloadClient {
     /// The fake kubelet this client speaks for, if any: its requests also pass its budget.
     kubelet: Option<String>,
     pause: Arc<ServerPause>,
+    request_timeout: Duration,
 }
 
 /// Kubelet budgets kept before the idle ones are dropped (an idle budget is a fresh one).
@@ -221,7 +221,34 @@ impl WorkloadClient {
         self.cluster_limiter.until_ready().await;
         paused
     }
+
+    /// A request's whole exchange (response and body) within the request timeout; a
+    /// request that runs out is an unreachable server's error. Not a read timeout on the
+    /// connection (kube's): that one also runs while a pooled connection sits idle, so
+    /// every connection idle for longer was dropped and each heartbeat, 40 s apart, paid
+    /// for a new TLS handshake.
+    pub async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, kube::Error> {
+        within(self.request_timeout, call).await
+    }
 }
+
+async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(kube::Error::Service(Box::new(TimedOut(timeout)))),
+    }
+}
+
+/// A workload request that took longer than the request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within the request timeout ({0:?})")]
+struct TimedOut(Duration);
 
 struct Entry {
     fingerprint: u64,
@@ -269,6 +296,7 @@ impl WorkloadClients {
             )),
             kubelet: None,
             pause,
+            request_timeout: self.settings.request_timeout,
         };
         self.lock().insert(
             cluster.clone(),
@@ -450,11 +478,28 @@ fn describe_client_error(e: &kube::Error) -> String {
     }
 }
 
+/// Idle connections kept per cluster: one carries its heartbeats; another, opened for
+/// requests sent side by side (a Node and its kubeadm-config), is closed once done rather
+/// than kept for every one of thousands of clusters.
+const IDLE_CONNECTIONS_PER_CLUSTER: usize = 1;
+/// A connection's read buffer grows in steps of this size, not hyper's 8 KiB: an idle
+/// connection holds one step, and thousands of connections sit idle between heartbeats.
+const READ_BUFFER_STEP: usize = 2048;
+/// TLS sessions remembered per client: each client speaks to one server, where rustls'
+/// default cache makes room for 32 servers up front (about 14 KiB per client).
+const TLS_SESSIONS_KEPT: usize = 8;
+
+/// kube's own layers (base URI, credentials, extra headers) over a connection pool
+/// tuned for thousands of clients, one per cluster; kube's default stack keeps every
+/// connection it opened and 8 KiB read buffers, and adds nothing these requests need.
 async fn build_client(
     source: &KubeconfigSource,
     settings: &Settings,
     pause: &Arc<ServerPause>,
 ) -> Result<Client, Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::ConfigExt;
+
     let kubeconfig = parse_kubeconfig(source)?;
     let unusable = |message: String| Error::KubeconfigUnusable {
         secret: source.secret.clone(),
@@ -465,16 +510,40 @@ async fn build_client(
             .await
             .map_err(|e| unusable(describe(&e)))?;
     rewrite_server(&mut config, &settings.rewrites).map_err(unusable)?;
-    config.connect_timeout = Some(settings.connect_timeout);
-    config.read_timeout = Some(settings.request_timeout);
-    config.write_timeout = Some(settings.request_timeout);
-    // Without this, time a pooled connection sat idle counts against the read timeout.
-    config.reset_reader_on_write = true;
-    // Retries are the controller's: a requeue with backoff frees the worker, where an
-    // in-client retry of a throttling or failing cluster would hold it.
-    config.default_retry = false;
-    let builder =
-        ClientBuilder::try_from(config).map_err(|e| unusable(describe_client_error(&e)))?;
+    if config.proxy_url.is_some() {
+        // kube's builder refused them too (no proxy support compiled in).
+        return Err(unusable(
+            "its cluster names a proxy-url; proxies are not supported".into(),
+        ));
+    }
+    let mut tls = config
+        .rustls_client_config()
+        .map_err(|e| unusable(describe_client_error(&e)))?;
+    tls.resumption = rustls::client::Resumption::in_memory_sessions(TLS_SESSIONS_KEPT);
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let https = match &config.tls_server_name {
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                unusable(
+                    "the server's host (or tls-server-name) is not a valid TLS server name".into(),
+                )
+            })?;
+            https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => https,
+    }
+    .enable_http1()
+    .wrap_connector(http);
+    let pool = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_CLUSTER)
+        .http1_read_buf_exact_size(READ_BUFFER_STEP)
+        .build(https);
     // Every answer passes here, whichever request it ends: a server's Retry-After holds
     // the cluster's next requests.
     let pause = Arc::clone(pause);
@@ -485,7 +554,20 @@ async fn build_client(
         }
         response
     });
-    Ok(builder.with_layer(&observe).build())
+    let auth = config
+        .auth_layer()
+        .map_err(|e| unusable(describe_client_error(&e)))?;
+    let headers = config
+        .extra_headers_layer()
+        .map_err(|e| unusable(describe_client_error(&e)))?;
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(auth)
+        .layer(headers)
+        .layer(observe)
+        .map_err(tower::BoxError::from)
+        .service(pool);
+    Ok(Client::new(service, config.default_namespace))
 }
 
 /// Applies the first matching rewrite. The TLS server name stays the original host, since
@@ -585,6 +667,21 @@ contexts:
   context: {cluster: c, user: admin}
 current-context: admin@c
 ";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_without_an_answer_in_time_is_an_unreachable_server() {
+        let never = std::future::pending::<Result<(), kube::Error>>();
+        let err = within(Duration::from_secs(15), never).await.unwrap_err();
+        let cluster = ClusterKey {
+            namespace: "ns".into(),
+            name: "c".into(),
+        };
+        let classified = classify(&cluster, err);
+        assert_eq!(classified.reason(), "workload_unreachable");
+        assert!(classified.to_string().contains("15s"), "{classified}");
+        let answered = within(Duration::from_secs(15), async { Ok(7) }).await;
+        assert_eq!(answered.ok(), Some(7));
+    }
 
     #[test]
     fn retry_after_is_read_from_throttling_answers_only_and_bounded() {
