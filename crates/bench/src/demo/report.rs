@@ -545,9 +545,9 @@ fn run_line(r: &Run, drain: bool) -> String {
     text.push_str(&format!(", peak RSS {}", mib(r.controller_peak_rss_bytes)));
     if let Some(s) = &r.soak {
         text.push_str(&format!(
-            ", soak {:.2} % of a core, RSS spread {:.1} MiB",
+            ", soak {:.2} % of a core, RSS spread {}",
             s.cpu_percent_of_a_core,
-            s.rss_spread_bytes as f64 / (1024.0 * 1024.0)
+            mib(s.rss_spread_bytes)
         ));
     }
     if let Some(c) = &r.ceiling {
@@ -778,10 +778,7 @@ pub fn render(report: &Report) -> String {
                 s.cpu_percent_of_a_core, s.cpu_seconds_per_1000_requests, s.workload_requests
             ),
         );
-        let spread = format!(
-            "spread {:.1} MiB",
-            s.rss_spread_bytes as f64 / (1024.0 * 1024.0)
-        );
+        let spread = format!("spread {}", mib(s.rss_spread_bytes));
         line(
             "soak RSS",
             match (s.rss_bytes.first(), s.rss_bytes.last()) {
