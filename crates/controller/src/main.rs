@@ -12,6 +12,14 @@ use metal3_fakenode::shutdown::{self, Ending, Stop};
 use metal3_fakenode::{leadership, telemetry};
 use tracing::{error, info, warn};
 
+/// mimalloc rather than glibc's malloc: thousands of connections' buffers come and go
+/// on two threads, and glibc's arenas grew with them (17 MiB over a 10-minute heartbeat
+/// soak of 1000 clusters) and spent a fifth of the heartbeats' CPU. Built without
+/// transparent huge pages: with them the same run held 30 % more resident memory.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
