@@ -266,26 +266,51 @@ fn replaced(status: &kube::core::Status) -> bool {
                 .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")))
 }
 
-/// One heartbeat of the Node `node`: its conditions' heartbeat times, then its Lease's
-/// renewal (re-created, as a kubelet does, if it is gone). Two requests, once the Lease
-/// is known.
+/// One heartbeat of one Node.
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat<'a> {
+    pub node: &'a str,
+    pub node_uid: &'a str,
+    /// Whose its Lease is, as last seen.
+    pub lease: &'a LeaseOwner,
+    /// Whether its conditions are reported too (not only its Lease renewed).
+    pub report: bool,
+}
+
+/// One heartbeat: the Node's conditions' heartbeat times if they are due, then its
+/// Lease's renewal (re-created, as a kubelet does, if it is gone and the Node is not).
+/// One request once the Lease is known, two with a report.
 pub async fn heartbeat(
     workload: &WorkloadClient,
-    node: &str,
-    node_uid: &str,
-    lease: &LeaseOwner,
+    beat: &Heartbeat<'_>,
     metrics: &Metrics,
 ) -> Result<Beat, Error> {
     let now = jiff::Timestamp::now();
-    let mut patch = node::heartbeat_patch(&Time(now));
-    patch["metadata"] = json!({ "uid": node_uid });
-    if post_node_status(workload, node, &patch, metrics).await? == Posted::NodeGone {
-        return Ok(Beat {
-            posted: Posted::NodeGone,
-            lease: lease.clone(),
-        });
+    let gone = || Beat {
+        posted: Posted::NodeGone,
+        lease: beat.lease.clone(),
+    };
+    let report = || async {
+        let mut patch = node::heartbeat_patch(&Time(now));
+        patch["metadata"] = json!({ "uid": beat.node_uid });
+        post_node_status(workload, beat.node, &patch, metrics).await
+    };
+    if beat.report && report().await? == Posted::NodeGone {
+        return Ok(gone());
     }
-    let lease = renew_lease(workload, node, node_uid, lease, &MicroTime(now), metrics).await?;
+    let lease = match renew_lease(workload, beat, &MicroTime(now), metrics).await? {
+        Renewal::Renewed(lease) => lease,
+        // A missing Lease may mean a deleted Node (the garbage collector takes its Lease
+        // with it): asked before a Lease is made for it again.
+        Renewal::Missing => {
+            if !beat.report && report().await? == Posted::NodeGone {
+                return Ok(gone());
+            }
+            let fresh = lease::node_lease(beat.node, beat.node_uid, &MicroTime(now));
+            let created = ensure_lease(workload, &fresh, metrics).await?;
+            created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours)
+        }
+    };
     Ok(Beat {
         posted: Posted::Posted,
         lease,
@@ -298,13 +323,18 @@ async fn post_node_status(
     patch: &serde_json::Value,
     metrics: &Metrics,
 ) -> Result<Posted, Error> {
-    let nodes: Api<Node> = Api::all(workload.client.clone());
+    let patch = kube::core::Request::new(Node::url_path(&(), None)).patch_subresource(
+        "status",
+        node,
+        &field_manager(),
+        &Patch::Strategic(patch),
+    );
     match request(
         workload,
         metrics,
         Purpose::Heartbeat,
         "patch",
-        nodes.patch_status(node, &field_manager(), &Patch::Strategic(patch)),
+        unread(workload, patch),
     )
     .await
     {
@@ -314,50 +344,57 @@ async fn post_node_status(
     }
 }
 
-/// Renews the Node's Lease if it is ours: finds out whose it is first if unknown, and
-/// creates it if it is gone.
+/// What a Lease renewal found.
+enum Renewal {
+    /// Renewed if ours; whose it is.
+    Renewed(LeaseOwner),
+    /// There is no Lease.
+    Missing,
+}
+
+/// Renews the Node's Lease if it is ours, finding out whose it is first if unknown.
 async fn renew_lease(
     workload: &WorkloadClient,
-    node: &str,
-    node_uid: &str,
-    owner: &LeaseOwner,
+    beat: &Heartbeat<'_>,
     now: &MicroTime,
     metrics: &Metrics,
-) -> Result<LeaseOwner, Error> {
+) -> Result<Renewal, Error> {
     let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
-    let fresh = || lease::node_lease(node, node_uid, now);
-    let uid = match owner {
-        LeaseOwner::Foreign => return Ok(LeaseOwner::Foreign),
+    let uid = match beat.lease {
+        LeaseOwner::Foreign => return Ok(Renewal::Renewed(LeaseOwner::Foreign)),
         LeaseOwner::Ours(uid) => uid.clone(),
         LeaseOwner::Unknown => {
-            match get_opt(workload, metrics, Purpose::Heartbeat, &api, node).await? {
-                None => {
-                    let created = ensure_lease(workload, &fresh(), metrics).await?;
-                    return Ok(created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours));
+            match get_opt(workload, metrics, Purpose::Heartbeat, &api, beat.node).await? {
+                None => return Ok(Renewal::Missing),
+                Some(l) if !is_ours(&l.metadata) => {
+                    return Ok(Renewal::Renewed(LeaseOwner::Foreign));
                 }
-                Some(l) if !is_ours(&l.metadata) => return Ok(LeaseOwner::Foreign),
                 Some(l) => l.metadata.uid.unwrap_or_default(),
             }
         }
     };
-    let mut renew = lease::renew_patch(node, now);
+    let mut renew = lease::renew_patch(beat.node, now);
     renew["metadata"] = json!({ "uid": uid });
     match request(
         workload,
         metrics,
         Purpose::Heartbeat,
         "patch",
-        api.patch(node, &field_manager(), &Patch::Merge(&renew)),
+        unread(
+            workload,
+            kube::core::Request::new(Lease::url_path(&(), Some(lease::NAMESPACE))).patch(
+                beat.node,
+                &field_manager(),
+                &Patch::Merge(&renew),
+            ),
+        ),
     )
     .await
     {
-        Ok(_) => Ok(LeaseOwner::Ours(uid)),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            let created = ensure_lease(workload, &fresh(), metrics).await?;
-            Ok(created.map_or(LeaseOwner::Unknown, LeaseOwner::Ours))
-        }
+        Ok(_) => Ok(Renewal::Renewed(LeaseOwner::Ours(uid))),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Renewal::Missing),
         // Replaced by someone: look again next time.
-        Err(kube::Error::Api(s)) if replaced(&s) => Ok(LeaseOwner::Unknown),
+        Err(kube::Error::Api(s)) if replaced(&s) => Ok(Renewal::Renewed(LeaseOwner::Unknown)),
         Err(e) => Err(classify(&workload.cluster, e)),
     }
 }
@@ -565,6 +602,17 @@ fn post_params() -> PostParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..Default::default()
     }
+}
+
+/// Sends a request whose answer (the whole object written) is not needed: its body is
+/// read, so that the connection goes back to the pool, but not parsed. A heartbeat's
+/// answer is a whole Node or Lease, read 50 times a second for 1000 Nodes.
+async fn unread(
+    workload: &WorkloadClient,
+    request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+) -> Result<(), kube::Error> {
+    let request = request.map_err(kube::Error::BuildRequest)?;
+    workload.client.request_text(request).await.map(|_| ())
 }
 
 fn field_manager() -> PatchParams {

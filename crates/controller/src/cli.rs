@@ -132,9 +132,16 @@ pub struct RunArgs {
     #[arg(long, env = "FAKENODE_STACKED_ETCD_PODS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub stacked_etcd_pods: bool,
 
-    /// How often each Node's Lease and heartbeats are renewed; 0 turns heartbeats off.
+    /// How often each Node's Lease is renewed (its conditions' heartbeats with it every
+    /// --node-status-report-interval); 0 turns heartbeats off.
     #[arg(long, env = "FAKENODE_NODE_HEARTBEAT_INTERVAL", default_value = "40s", value_parser = parse_duration_or_zero)]
     pub node_heartbeat_interval: Duration,
+
+    /// How often a Node's conditions are reported with its heartbeat, as a kubelet's
+    /// nodeStatusReportFrequency; the heartbeats between reports renew its Lease only.
+    /// 0: with every heartbeat.
+    #[arg(long, env = "FAKENODE_NODE_STATUS_REPORT_INTERVAL", default_value = "5m", value_parser = parse_duration_or_zero)]
+    pub node_status_report_interval: Duration,
 
     /// Delete the Nodes (and their static pods and Lease) this process created once
     /// their Machine or Metal3Machine is gone.
@@ -260,6 +267,7 @@ impl RunArgs {
             static_pods: self.static_pods,
             stacked_etcd_pods: self.stacked_etcd_pods,
             heartbeat_interval: self.node_heartbeat_interval,
+            status_report_interval: self.node_status_report_interval,
             delete_orphans: self.delete_orphaned_nodes,
             startup_delay: self.node_startup_delay,
             startup_jitter: self.node_startup_jitter,

@@ -21,6 +21,12 @@ pub struct Fidelity {
     /// How often each Node's Lease and condition heartbeats are renewed; zero: never (and
     /// no Lease is created).
     pub heartbeat_interval: Duration,
+    /// A Node's conditions are reported again at its first heartbeat at least this long
+    /// after their last report; the heartbeats in between renew only its Lease, which the
+    /// node lifecycle controller takes as the Node's sign of life. A kubelet does the same
+    /// (`nodeStatusReportFrequency`, 5 minutes), which is why its Node costs one request
+    /// per heartbeat. Zero: with every heartbeat.
+    pub status_report_interval: Duration,
     /// Delete the Nodes (with their static pods and Lease) this process created once
     /// their Machine or Metal3Machine is gone.
     pub delete_orphans: bool,

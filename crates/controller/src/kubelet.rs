@@ -114,6 +114,8 @@ struct Kubelet {
     stops_at: Option<Instant>,
     /// Where its heartbeats fall within the interval.
     phase: Duration,
+    /// When its conditions were last reported; `None`: not by this process yet.
+    reported: Option<Instant>,
     posting: Posting,
     slot: Slot,
     guard: Arc<Guard>,
@@ -158,13 +160,16 @@ struct Due {
     lease: LeaseOwner,
     due: Instant,
     step: Step,
+    /// Whether this heartbeat reports the Node's conditions too.
+    report: bool,
     guard: Arc<Guard>,
     in_flight: Arc<Semaphore>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
-    Posted(LeaseOwner),
+    /// With whose the Lease turned out to be, and whether the conditions were reported.
+    Posted(LeaseOwner, bool),
     Stopped,
     NodeGone,
     Failed,
@@ -191,6 +196,12 @@ pub fn next_due(
         (Some(b), Some(s)) => Some(b.min(s)),
         (b, s) => b.or(s),
     }
+}
+
+/// Whether a heartbeat at `now` reports the Node's conditions: the first one at least
+/// `every` after the last report (each one if `every` is zero).
+pub fn reports_status(last: Option<Instant>, now: Instant, every: Duration) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= every)
 }
 
 /// What a kubelet due at `now` does.
@@ -347,6 +358,7 @@ impl Kubelets {
                 lease: record.lease,
                 stops_at,
                 phase,
+                reported: None,
                 posting,
                 slot: Slot::Idle,
                 guard: Arc::default(),
@@ -474,6 +486,7 @@ impl Kubelets {
             k.slot = Slot::InFlight;
             due.push(Due {
                 step: step(now, k.stops_at),
+                report: reports_status(k.reported, now, self.fidelity.status_report_interval),
                 cluster,
                 node,
                 node_uid: k.node_uid.clone(),
@@ -531,8 +544,11 @@ impl Kubelets {
                 k.posting = Posting::NodeGone;
                 return;
             }
-            Outcome::Posted(lease) => {
+            Outcome::Posted(lease, reported) => {
                 k.lease = lease;
+                if reported {
+                    k.reported = Some(due.due);
+                }
                 next_due(
                     Some(due.due),
                     now,
@@ -580,7 +596,13 @@ async fn post(workload: &WorkloadClient, due: &Due, metrics: &Metrics) -> Outcom
     let workload = &workload.for_kubelet(&due.node);
     let result = match due.step {
         Step::Heartbeat => {
-            apply::heartbeat(workload, &due.node, &due.node_uid, &due.lease, metrics).await
+            let beat = apply::Heartbeat {
+                node: &due.node,
+                node_uid: &due.node_uid,
+                lease: &due.lease,
+                report: due.report,
+            };
+            apply::heartbeat(workload, &beat, metrics).await
         }
         Step::StopPosting => apply::stop_posting(workload, &due.node, &due.node_uid, metrics)
             .await
@@ -596,7 +618,7 @@ async fn post(workload: &WorkloadClient, due: &Due, metrics: &Metrics) -> Outcom
         }
         (Step::Heartbeat, Ok((Posted::Posted, lease))) => {
             metrics.heartbeats.with_label_values(&["posted"]).inc();
-            Outcome::Posted(lease)
+            Outcome::Posted(lease, due.report)
         }
         (Step::StopPosting, Ok((Posted::Posted, _))) => {
             metrics
@@ -635,6 +657,20 @@ mod tests {
     use super::*;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn conditions_are_reported_at_the_first_heartbeat_a_report_interval_on() {
+        let t0 = Instant::now();
+        let every = S(300);
+        // Never reported by this process (new, or adopted after a restart): now.
+        assert!(reports_status(None, t0, every));
+        // 40 s heartbeats after a report at t0: the 8th (320 s), not the 7th (280 s).
+        assert!(!reports_status(Some(t0), t0 + S(280), every));
+        assert!(reports_status(Some(t0), t0 + S(320), every));
+        assert!(reports_status(Some(t0), t0 + S(300), every));
+        // Zero: with every heartbeat.
+        assert!(reports_status(Some(t0), t0, Duration::ZERO));
+    }
 
     #[test]
     fn heartbeats_keep_their_slot_and_the_fault_comes_first() {

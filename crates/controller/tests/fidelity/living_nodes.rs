@@ -82,6 +82,73 @@ async fn nodes_live_until_their_machine_is_deleted() {
     ctl.stop().await;
 }
 
+/// As a kubelet: between two reports of its conditions a Node's heartbeat is its Lease
+/// alone; and a kubelet whose Lease and Node were deleted (as the garbage collector
+/// deletes a Node's Lease) finds its Node gone and makes no Lease for it.
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn between_reports_only_the_lease_is_renewed() {
+    let env = common::env().await;
+    let mgmt = env.management.client().await.unwrap();
+    let server = &env.workloads[0];
+    let ns = namespace_with_cluster(&mgmt, "lease-only", server).await;
+    let worker = machine(&mgmt, &ns, "md-0", false).await;
+    let fidelity = Fidelity {
+        status_report_interval: Duration::from_secs(3600),
+        ..living_nodes()
+    };
+    let ctl = start_controller(with(fidelity, &ns)).await;
+    ready_node(server, &worker.spec.name).await;
+    // The first heartbeat reports the conditions (none was reported by this process).
+    eventually("two heartbeats", LIMIT, || async {
+        let posted = ctl.metrics.heartbeats.with_label_values(&["posted"]).get();
+        (posted >= 2).then_some(())
+    })
+    .await;
+    let api = nodes(server).await;
+    let before = api.get(&worker.spec.name).await.unwrap();
+    let leases = leases(server).await;
+    let mut seen = lease_version(&leases, &worker.spec.name).await.unwrap();
+    for _ in 0..2 {
+        seen = eventually("a Lease renewal", LIMIT, || async {
+            lease_version(&leases, &worker.spec.name)
+                .await
+                .filter(|v| v.0 != seen.0 && v.1 > seen.1)
+        })
+        .await;
+    }
+    let after = api.get(&worker.spec.name).await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the Node was written between reports"
+    );
+    assert_eq!(
+        ready_condition(&after).last_heartbeat_time,
+        ready_condition(&before).last_heartbeat_time
+    );
+
+    let node_uid = before.metadata.uid.clone().unwrap();
+    api.delete(&worker.spec.name, &Default::default())
+        .await
+        .unwrap();
+    leases
+        .delete(&worker.spec.name, &Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    if let Some(lease) = leases.get_opt(&worker.spec.name).await.unwrap() {
+        let owners = lease.metadata.owner_references.unwrap_or_default();
+        assert!(
+            owners.iter().all(|o| o.uid != node_uid),
+            "a Lease was made for the deleted Node"
+        );
+    }
+    ctl.stop().await;
+}
+
 #[test]
 #[cfg_attr(
     not(envtest),
@@ -106,6 +173,7 @@ fn the_fidelity_flags_and_their_defaults() {
             static_pods: true,
             stacked_etcd_pods: false,
             heartbeat_interval: Duration::from_secs(40),
+            status_report_interval: Duration::from_secs(300),
             delete_orphans: true,
             startup_delay: Duration::ZERO,
             startup_jitter: Duration::ZERO,
@@ -120,6 +188,8 @@ fn the_fidelity_flags_and_their_defaults() {
         "--static-pods=false",
         "--stacked-etcd-pods",
         "--node-heartbeat-interval",
+        "0",
+        "--node-status-report-interval",
         "0",
         "--delete-orphaned-nodes=false",
         "--node-startup-delay",
@@ -137,6 +207,7 @@ fn the_fidelity_flags_and_their_defaults() {
     .unwrap();
     assert!(!set.static_pods && set.stacked_etcd_pods && !set.delete_orphans);
     assert!(!set.heartbeats());
+    assert_eq!(set.status_report_interval, Duration::ZERO);
     assert_eq!(set.startup_delay, Duration::from_secs(120));
     assert_eq!(set.startup_jitter, Duration::from_secs(30));
     assert_eq!(
