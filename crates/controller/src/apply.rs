@@ -77,7 +77,7 @@ async fn ensure_kubeadm_config(
         .namespace
         .as_deref()
         .unwrap_or("kube-system");
-    let api: Api<ConfigMap> = Api::namespaced(workload.client.clone(), namespace);
+    let api: Api<ConfigMap> = Api::namespaced(workload.client(), namespace);
     Ok(
         create_unless_exists(workload, metrics, Purpose::KubeadmConfig, &api, config)
             .await?
@@ -103,7 +103,7 @@ async fn ensure_node(
     node: &Node,
     metrics: &Metrics,
 ) -> Result<EnsuredNode, Error> {
-    let api: Api<Node> = Api::all(workload.client.clone());
+    let api: Api<Node> = Api::all(workload.client());
     let name = node.metadata.name.clone().unwrap_or_default();
     let wanted = host_uid(node).unwrap_or_default().to_string();
     let created =
@@ -169,7 +169,7 @@ pub async fn ensure_static_pods(
     pods: &[Pod],
     metrics: &Metrics,
 ) -> Result<usize, Error> {
-    let api: Api<Pod> = Api::namespaced(workload.client.clone(), static_pods::NAMESPACE);
+    let api: Api<Pod> = Api::namespaced(workload.client(), static_pods::NAMESPACE);
     let mut created = 0;
     for pod in pods {
         let name = pod.name_any();
@@ -219,7 +219,7 @@ pub async fn ensure_lease(
     lease: &Lease,
     metrics: &Metrics,
 ) -> Result<Option<String>, Error> {
-    let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
+    let api: Api<Lease> = Api::namespaced(workload.client(), lease::NAMESPACE);
     Ok(
         create_unless_exists(workload, metrics, Purpose::Lease, &api, lease)
             .await?
@@ -359,7 +359,7 @@ async fn renew_lease(
     now: &MicroTime,
     metrics: &Metrics,
 ) -> Result<Renewal, Error> {
-    let api: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
+    let api: Api<Lease> = Api::namespaced(workload.client(), lease::NAMESPACE);
     let uid = match beat.lease {
         LeaseOwner::Foreign => return Ok(Renewal::Renewed(LeaseOwner::Foreign)),
         LeaseOwner::Ours(uid) => uid.clone(),
@@ -418,7 +418,7 @@ pub async fn list_cluster_nodes(
     workload: &WorkloadClient,
     metrics: &Metrics,
 ) -> Result<Vec<Node>, Error> {
-    let api: Api<Node> = Api::all(workload.client.clone());
+    let api: Api<Node> = Api::all(workload.client());
     let params = ListParams::default().labels(&node::cluster_selector(
         &workload.cluster.namespace,
         &workload.cluster.name,
@@ -454,7 +454,7 @@ pub async fn remove_node(
     metrics: &Metrics,
 ) -> Result<Removed, Error> {
     let mut removed = Removed::default();
-    let pods: Api<Pod> = Api::namespaced(workload.client.clone(), static_pods::NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(workload.client(), static_pods::NAMESPACE);
     let params = ListParams::default()
         .labels(&managed_by_selector())
         .fields(&format!("spec.nodeName={node}"));
@@ -473,11 +473,11 @@ pub async fn remove_node(
         removed.static_pods +=
             usize::from(delete_ours(workload, metrics, Purpose::Cleanup, &pods, pod).await?);
     }
-    let leases: Api<Lease> = Api::namespaced(workload.client.clone(), lease::NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(workload.client(), lease::NAMESPACE);
     if let Some(l) = get_opt(workload, metrics, Purpose::Cleanup, &leases, node).await? {
         removed.lease = delete_ours(workload, metrics, Purpose::Cleanup, &leases, &l).await?;
     }
-    let nodes: Api<Node> = Api::all(workload.client.clone());
+    let nodes: Api<Node> = Api::all(workload.client());
     if let Some(n) = get_opt(workload, metrics, Purpose::Cleanup, &nodes, node).await?
         && host_uid(&n) == Some(host)
     {
@@ -576,7 +576,7 @@ async fn lift_startup_taints(
         }
     }
     let name = existing.metadata.name.clone().unwrap_or_default();
-    let api: Api<Node> = Api::all(workload.client.clone());
+    let api: Api<Node> = Api::all(workload.client());
     let patch = json!({ "spec": { "taints": wanted } });
     request(
         workload,
@@ -612,7 +612,7 @@ async fn unread(
     request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
 ) -> Result<(), kube::Error> {
     let request = request.map_err(kube::Error::BuildRequest)?;
-    workload.client.request_text(request).await.map(|_| ())
+    workload.client().request_text(request).await.map(|_| ())
 }
 
 fn field_manager() -> PatchParams {
@@ -693,7 +693,7 @@ pub async fn patch_endpoint(
     name: &str,
     patch: &serde_json::Value,
 ) -> Result<(), Error> {
-    let api: Api<Node> = Api::all(workload.client.clone());
+    let api: Api<Node> = Api::all(workload.client());
     request(
         workload,
         metrics,

@@ -153,11 +153,22 @@ pub fn retry_after(
     Some(Duration::from_secs(seconds).min(max))
 }
 
+/// The requests of a workload client on their way to its connection pool.
+type Service = tower::util::BoxCloneSyncService<
+    http::Request<kube::client::Body>,
+    http::Response<hyper::body::Incoming>,
+    tower::BoxError,
+>;
+
 /// A client for one workload cluster, with the budgets every request must pass.
 #[derive(Clone)]
 pub struct WorkloadClient {
     pub cluster: ClusterKey,
-    pub client: Client,
+    /// Not a [`Client`]: each holds a request queue of its own (about 10 KiB, kube's
+    /// buffer of 1024 requests, allocated up front), 10 MiB for 1000 idle clusters. One is
+    /// made for each use instead, over the same connection pool.
+    service: Service,
+    default_namespace: String,
     cluster_limiter: Arc<DefaultDirectRateLimiter>,
     kubelet_limiters: Arc<KubeletLimiters>,
     /// The fake kubelet this client speaks for, if any: its requests also pass its budget.
@@ -198,6 +209,12 @@ impl KubeletLimiters {
 }
 
 impl WorkloadClient {
+    /// A client for requests to the cluster: over the cluster's connection pool, with a
+    /// queue of its own that goes when the client does.
+    pub fn client(&self) -> Client {
+        Client::new(self.service.clone(), self.default_namespace.as_str())
+    }
+
     /// The same client, speaking for the kubelet of `node`.
     pub fn for_kubelet(&self, node: &str) -> WorkloadClient {
         self.kubelet_limiters.prune_if_grown();
@@ -284,9 +301,11 @@ impl WorkloadClients {
             return Ok(entry.client.clone());
         }
         let pause = Arc::new(ServerPause::default());
+        let (service, default_namespace) = build_service(source, &self.settings, &pause).await?;
         let client = WorkloadClient {
             cluster: cluster.clone(),
-            client: build_client(source, &self.settings, &pause).await?,
+            service,
+            default_namespace,
             cluster_limiter: Arc::new(RateLimiter::direct(
                 Quota::per_second(self.settings.qps).allow_burst(self.settings.burst),
             )),
@@ -492,11 +511,11 @@ const TLS_SESSIONS_KEPT: usize = 8;
 /// kube's own layers (base URI, credentials, extra headers) over a connection pool
 /// tuned for thousands of clients, one per cluster; kube's default stack keeps every
 /// connection it opened and 8 KiB read buffers, and adds nothing these requests need.
-async fn build_client(
+async fn build_service(
     source: &KubeconfigSource,
     settings: &Settings,
     pause: &Arc<ServerPause>,
-) -> Result<Client, Error> {
+) -> Result<(Service, String), Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::ConfigExt;
 
@@ -567,7 +586,7 @@ async fn build_client(
         .layer(observe)
         .map_err(tower::BoxError::from)
         .service(pool);
-    Ok(Client::new(service, config.default_namespace))
+    Ok((Service::new(service), config.default_namespace))
 }
 
 /// Applies the first matching rewrite. The TLS server name stays the original host, since
@@ -815,7 +834,7 @@ current-context: admin@c
             &format!("certificate-authority-data: '{}'", b64(&ca)),
         );
         assert!(
-            build_client(&source(&inline), &Settings::default(), &Arc::default())
+            build_service(&source(&inline), &Settings::default(), &Arc::default())
                 .await
                 .is_ok()
         );
@@ -823,7 +842,7 @@ current-context: admin@c
             "certificate-authority-data: ''",
             &format!("certificate-authority: '{}'", file.path().display()),
         );
-        let e = build_client(&source(&path), &Settings::default(), &Arc::default())
+        let e = build_service(&source(&path), &Settings::default(), &Arc::default())
             .await
             .err()
             .expect("a Secret named a local file and it was read");
@@ -834,7 +853,7 @@ current-context: admin@c
     #[tokio::test]
     async fn a_kubeconfig_without_a_usable_context_is_unusable() {
         let no_context = GOOD.replace("current-context: admin@c", "current-context: nope");
-        let e = build_client(&source(&no_context), &Settings::default(), &Arc::default())
+        let e = build_service(&source(&no_context), &Settings::default(), &Arc::default())
             .await
             .err()
             .unwrap();
@@ -1084,7 +1103,7 @@ current-context: context-zq7secret
             value: ByteString(MARKED.as_bytes().to_vec()),
         };
         assert!(
-            build_client(&marked, &Settings::default(), &Arc::default())
+            build_service(&marked, &Settings::default(), &Arc::default())
                 .await
                 .is_ok()
         );
@@ -1094,7 +1113,7 @@ current-context: context-zq7secret
                 secret: "ns/c-kubeconfig".into(),
                 value: ByteString(value),
             };
-            let Err(e) = build_client(&source, &settings, &Arc::default()).await else {
+            let Err(e) = build_service(&source, &settings, &Arc::default()).await else {
                 panic!("{what}: accepted");
             };
             let message = e.to_string();

@@ -117,7 +117,7 @@ impl Members {
                 crate::tolerant::bounded(e.to_string(), 512)
             ))
         };
-        let nodes: Api<Node> = Api::all(workload.client.clone());
+        let nodes: Api<Node> = Api::all(workload.client());
         let selector = format!(
             "{CLUSTER_NAMESPACE_LABEL}={},{CLUSTER_NAME_LABEL}={},{CONTROL_PLANE_ROLE}",
             cluster.namespace, cluster.name
@@ -131,7 +131,7 @@ impl Members {
             nodes.list(&params),
         );
         let nodes = listed.await.map_err(|e| unavailable("Nodes", e))?;
-        let pods: Api<Pod> = Api::namespaced(workload.client.clone(), NAMESPACE);
+        let pods: Api<Pod> = Api::namespaced(workload.client(), NAMESPACE);
         let selector = format!(
             "component={},{}",
             Component::Etcd.name(),
@@ -193,7 +193,7 @@ impl Backend for Members {
     async fn apply(&self, target: &Member, change: Change) -> Result<(), tonic::Status> {
         let (pod, patch) = change_patch(&change);
         let workload = &target.resolved.workload;
-        let pods: Api<Pod> = Api::namespaced(workload.client.clone(), NAMESPACE);
+        let pods: Api<Pod> = Api::namespaced(workload.client(), NAMESPACE);
         let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
         let patched = pods.patch(&pod, &params, &patch);
         let result = request(

@@ -243,7 +243,7 @@ impl KubeletApi {
                 pod: pod.to_string(),
                 message: crate::tolerant::bounded(e.to_string(), 512),
             };
-            let pods: Api<Pod> = Api::namespaced(workload.client.clone(), namespace);
+            let pods: Api<Pod> = Api::namespaced(workload.client(), namespace);
             let got = crate::apply::request(
                 &workload,
                 &self.metrics,
@@ -257,7 +257,7 @@ impl KubeletApi {
             let Some(node_name) = found_pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                 continue;
             };
-            let nodes: Api<Node> = Api::all(workload.client.clone());
+            let nodes: Api<Node> = Api::all(workload.client());
             let got = crate::apply::request(
                 &workload,
                 &self.metrics,
@@ -322,7 +322,7 @@ impl KubeletApi {
             message: crate::tolerant::bounded(e.to_string(), 512),
         };
         let workload = self.workload(&cluster).await.ok_or_else(unknown)?;
-        let pods: Api<Pod> = Api::namespaced(workload.client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(workload.client(), namespace);
         let got = crate::apply::request(
             &workload,
             &self.metrics,
@@ -336,7 +336,7 @@ impl KubeletApi {
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .ok_or_else(unknown)?;
-        let nodes: Api<Node> = Api::all(workload.client.clone());
+        let nodes: Api<Node> = Api::all(workload.client());
         let got = crate::apply::request(
             &workload,
             &self.metrics,
