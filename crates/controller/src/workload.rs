@@ -844,8 +844,7 @@ current-context: admin@c
         );
         let e = build_service(&source(&path), &Settings::default(), &Arc::default())
             .await
-            .err()
-            .expect("a Secret named a local file and it was read");
+            .expect_err("a Secret named a local file and it was read");
         assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
         assert!(e.to_string().contains("file path"), "{e}");
     }
