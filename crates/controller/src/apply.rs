@@ -454,7 +454,8 @@ pub async fn remove_node(
     metrics: &Metrics,
 ) -> Result<Removed, Error> {
     let mut removed = Removed::default();
-    let pods: Api<Pod> = Api::namespaced(workload.client(), static_pods::NAMESPACE);
+    let client = workload.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), static_pods::NAMESPACE);
     let params = ListParams::default()
         .labels(&managed_by_selector())
         .fields(&format!("spec.nodeName={node}"));
@@ -473,11 +474,11 @@ pub async fn remove_node(
         removed.static_pods +=
             usize::from(delete_ours(workload, metrics, Purpose::Cleanup, &pods, pod).await?);
     }
-    let leases: Api<Lease> = Api::namespaced(workload.client(), lease::NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), lease::NAMESPACE);
     if let Some(l) = get_opt(workload, metrics, Purpose::Cleanup, &leases, node).await? {
         removed.lease = delete_ours(workload, metrics, Purpose::Cleanup, &leases, &l).await?;
     }
-    let nodes: Api<Node> = Api::all(workload.client());
+    let nodes: Api<Node> = Api::all(client);
     if let Some(n) = get_opt(workload, metrics, Purpose::Cleanup, &nodes, node).await?
         && host_uid(&n) == Some(host)
     {

@@ -117,7 +117,8 @@ impl Members {
                 crate::tolerant::bounded(e.to_string(), 512)
             ))
         };
-        let nodes: Api<Node> = Api::all(workload.client());
+        let client = workload.client();
+        let nodes: Api<Node> = Api::all(client.clone());
         let selector = format!(
             "{CLUSTER_NAMESPACE_LABEL}={},{CLUSTER_NAME_LABEL}={},{CONTROL_PLANE_ROLE}",
             cluster.namespace, cluster.name
@@ -131,7 +132,7 @@ impl Members {
             nodes.list(&params),
         );
         let nodes = listed.await.map_err(|e| unavailable("Nodes", e))?;
-        let pods: Api<Pod> = Api::namespaced(workload.client(), NAMESPACE);
+        let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
         let selector = format!(
             "component={},{}",
             Component::Etcd.name(),

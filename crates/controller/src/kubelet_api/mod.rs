@@ -243,7 +243,8 @@ impl KubeletApi {
                 pod: pod.to_string(),
                 message: crate::tolerant::bounded(e.to_string(), 512),
             };
-            let pods: Api<Pod> = Api::namespaced(workload.client(), namespace);
+            let client = workload.client();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
             let got = crate::apply::request(
                 &workload,
                 &self.metrics,
@@ -257,7 +258,7 @@ impl KubeletApi {
             let Some(node_name) = found_pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                 continue;
             };
-            let nodes: Api<Node> = Api::all(workload.client());
+            let nodes: Api<Node> = Api::all(client);
             let got = crate::apply::request(
                 &workload,
                 &self.metrics,
@@ -322,7 +323,8 @@ impl KubeletApi {
             message: crate::tolerant::bounded(e.to_string(), 512),
         };
         let workload = self.workload(&cluster).await.ok_or_else(unknown)?;
-        let pods: Api<Pod> = Api::namespaced(workload.client(), namespace);
+        let client = workload.client();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
         let got = crate::apply::request(
             &workload,
             &self.metrics,
@@ -336,7 +338,7 @@ impl KubeletApi {
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .ok_or_else(unknown)?;
-        let nodes: Api<Node> = Api::all(workload.client());
+        let nodes: Api<Node> = Api::all(client);
         let got = crate::apply::request(
             &workload,
             &self.metrics,
