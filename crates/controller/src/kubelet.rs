@@ -168,8 +168,8 @@ struct Due {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
-    /// With whose the Lease turned out to be, and whether the conditions were reported.
-    Posted(LeaseOwner, bool),
+    /// With whose the Lease turned out to be.
+    Posted(LeaseOwner),
     Stopped,
     NodeGone,
     Failed,
@@ -544,9 +544,9 @@ impl Kubelets {
                 k.posting = Posting::NodeGone;
                 return;
             }
-            Outcome::Posted(lease, reported) => {
+            Outcome::Posted(lease) => {
                 k.lease = lease;
-                if reported {
+                if due.report {
                     k.reported = Some(due.due);
                 }
                 next_due(
@@ -618,7 +618,7 @@ async fn post(workload: &WorkloadClient, due: &Due, metrics: &Metrics) -> Outcom
         }
         (Step::Heartbeat, Ok((Posted::Posted, lease))) => {
             metrics.heartbeats.with_label_values(&["posted"]).inc();
-            Outcome::Posted(lease, due.report)
+            Outcome::Posted(lease)
         }
         (Step::StopPosting, Ok((Posted::Posted, _))) => {
             metrics

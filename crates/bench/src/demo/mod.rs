@@ -1100,10 +1100,9 @@ async fn start_controller(
     })
 }
 
-/// Waits for the CAPM3 stand-in to set every providerID, for as long as it gets on (a
-/// minute without a new one ends the wait: in a fixed minute it had closed only 231 to
-/// 830 of 1000 on a busy machine);
-/// returns how many.
+/// Waits for the CAPM3 stand-in to set every providerID for as long as it gets on, and
+/// returns how many it set. A minute without a new one ends the wait (in a fixed minute it
+/// had closed only 231 to 830 of 1000 on a busy machine).
 async fn wait_for_provider_ids(mgmt: &kube::Client, expected: usize) -> usize {
     const STALLED: Duration = Duration::from_secs(60);
     let api: Api<Metal3Machine> = Api::all(mgmt.clone());
