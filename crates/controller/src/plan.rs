@@ -514,6 +514,20 @@ pub fn kubeconfig_source(
     })
 }
 
+/// What the Event of a Node's creation says: where it is, and what was ignored for it.
+pub fn node_created_note(desired: &Desired) -> String {
+    let node = desired.node.metadata.name.as_deref().unwrap_or_default();
+    let mut note = format!(
+        "created Ready Node {node} for host {} in workload cluster {}",
+        desired.host, desired.cluster
+    );
+    if !desired.ignored.is_empty() {
+        note.push_str("; ignored, defaults used: ");
+        note.push_str(&desired.ignored.join("; "));
+    }
+    note
+}
+
 /// Sane bounds of what inspection reports: beyond them a value is a mistake (a sign bit,
 /// a unit mix-up), not a machine, and a Node with it could be refused or mislead.
 const MAX_CPUS: i64 = 16_384;
@@ -989,9 +1003,18 @@ mod tests {
         ] {
             assert!(said.contains(part), "{part} not in {said}");
         }
+        let note = node_created_note(&d);
+        assert!(
+            note.starts_with("created Ready Node test1-cp-abcde for host metal3/node-0")
+                && note.contains("; ignored, defaults used: ")
+                && note.contains("v1.34.1 oops"),
+            "{note}"
+        );
         // Nothing to say about sane values.
         let (w, m3m) = world();
-        assert!(ensure(&w, &m3m).ignored.is_empty());
+        let d = ensure(&w, &m3m);
+        assert!(d.ignored.is_empty());
+        assert!(!node_created_note(&d).contains("ignored"));
     }
 
     /// The API server's rules for a Node, as far as the builders can break them.

@@ -3,7 +3,8 @@
 //! management cluster (so the Node, kubeadm-config, mirror Pods and Lease are the
 //! controller's, byte for byte); how comes from its own `apply` functions, in the order
 //! its reconcile sends them, through the same kind of per-cluster clients built cold,
-//! with no rate limit. No watch, queue or store in between.
+//! with no rate limit, and each Node's Event to the management API server (the
+//! controller's own, published the same way). No watch, queue or store in between.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,10 +17,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 use metal3_fakenode::apply;
 use metal3_fakenode::cli::{Cli, Command, RunArgs};
+use metal3_fakenode::controller::{CONTROLLER_NAME, node_created_event};
 use metal3_fakenode::fake::{self, lease};
 use metal3_fakenode::fidelity::Fidelity;
 use metal3_fakenode::kubelet::Kubelets;
@@ -129,6 +132,8 @@ impl Lookup for Snapshot {
 pub struct Planned {
     /// The Machine's name: its Node's.
     pub machine: String,
+    /// The Metal3Machine, which its Event is about.
+    pub regarding: k8s_openapi::api::core::v1::ObjectReference,
     pub desired: Desired,
     pub steps: Registration,
 }
@@ -169,6 +174,7 @@ pub fn plan_all(snapshot: &Snapshot, fidelity: &Fidelity) -> anyhow::Result<Vec<
         };
         planned.push(Planned {
             machine: desired.node.name_any(),
+            regarding: m3m.object_ref(&()),
             desired,
             steps,
         });
@@ -178,10 +184,11 @@ pub fn plan_all(snapshot: &Snapshot, fidelity: &Fidelity) -> anyhow::Result<Vec<
 
 /// The requests of the controller's registration of one machine, in its order: take over
 /// the cluster's Nodes (once per cluster, when it keeps kubelets), the mirror Pods, the
-/// kubeadm-config and the Ready Node, the Lease.
+/// kubeadm-config and the Ready Node, the Lease; then the Node's Event.
 async fn register(
     clients: &WorkloadClients,
     kubelets: &Kubelets,
+    recorder: &Recorder,
     planned: &Planned,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
@@ -206,6 +213,10 @@ async fn register(
         );
         apply::ensure_lease(&workload, &lease, metrics).await?;
     }
+    recorder
+        .publish(&node_created_event(desired), &planned.regarding)
+        .await
+        .context("publishing the Node's Event")?;
     Ok(())
 }
 
@@ -215,8 +226,10 @@ const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Sends the registrations of the machines `due` names (indices into `planned`, as their
 /// hosts are provisioned, or all at once), `concurrency` at a time, through clients
-/// built from scratch. Returns how many requests it sent.
+/// built from scratch, and their Events through `mgmt`. Returns how many workload
+/// requests it sent.
 pub async fn send(
+    mgmt: &Client,
     planned: &[Planned],
     due: impl Stream<Item = usize>,
     settings: Settings,
@@ -226,8 +239,15 @@ pub async fn send(
     let clients = WorkloadClients::new(settings);
     let kubelets = Kubelets::new(fidelity);
     let metrics = Metrics::new()?;
+    let recorder = Recorder::new(
+        mgmt.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: None,
+        },
+    );
     due.map(|i| {
-        let (clients, kubelets, metrics) = (&clients, &kubelets, &metrics);
+        let (clients, kubelets, recorder, metrics) = (&clients, &kubelets, &recorder, &metrics);
         async move {
             let Some(p) = planned.get(i) else {
                 bail!("no machine {i} to register");
@@ -236,7 +256,7 @@ pub async fn send(
             // (a connection the server closed, a timeout): the extra requests count.
             let mut attempt = 1;
             loop {
-                match register(clients, kubelets, p, metrics).await {
+                match register(clients, kubelets, recorder, p, metrics).await {
                     Ok(()) => return Ok(()),
                     Err(e) if attempt < ATTEMPTS => {
                         tracing::debug!(machine = %p.machine, error = %e, "ceiling: trying again");

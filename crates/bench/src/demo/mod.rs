@@ -941,6 +941,7 @@ async fn measure_ceiling(
     let (t0, sent) = if mode == ArrivalMode::Provisioned {
         let t0 = Instant::now();
         let sent = ceiling::send(
+            mgmt,
             &planned,
             stream::iter(0..planned.len()),
             settings,
@@ -963,7 +964,7 @@ async fn measure_ceiling(
         let t0 = Instant::now();
         let flipping = provision(mgmt, machines, mode, &provisioned, Some(due));
         let due = due_names.filter_map(|name| futures::future::ready(index.get(&name).copied()));
-        let sent = ceiling::send(&planned, due, settings, fidelity, args.concurrency).await?;
+        let sent = ceiling::send(mgmt, &planned, due, settings, fidelity, args.concurrency).await?;
         flipping.await??;
         (t0, sent)
     };
