@@ -644,6 +644,15 @@ fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     ResetTimerBackoff::new(builder.into(), Duration::from_secs(60))
 }
 
+/// Objects per page of a watch's (re-)list. kube decodes a page through serde's buffered
+/// path (its list type flattens its type fields), so every string and map of the page is
+/// copied once before each object is read, and [`Tolerant`] reads each object twice more:
+/// the transient memory of a list grows with its page, and what the allocator keeps of it
+/// stays resident. kube's default of 500 (client-go's pager's) held about 9 MiB more
+/// anonymous memory than 100 right after the first lists of a 1000-cluster drain, for 10
+/// list requests per 1000 objects instead of 2.
+const LIST_PAGE_SIZE: u32 = 100;
+
 /// A watch over one scope, tolerant of API errors (retried with a bounded backoff) and
 /// of objects its typed view cannot read (kept as unreadable, said once in the log), and
 /// trimmed of what is never read (managedFields), so 10,000 objects stay small.
@@ -665,7 +674,7 @@ where
     let reporter: WatchReporter = watches.health.register(resource);
     let logged = Logged::default();
     let timeout = u32::try_from(WATCH_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
-    watcher(api, config.timeout(timeout))
+    watcher(api, config.timeout(timeout).page_size(LIST_PAGE_SIZE))
         .backoff(watch_backoff())
         .inspect(move |result| match result {
             Ok(_) => {
