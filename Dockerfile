@@ -9,10 +9,10 @@ COPY crates ./crates
 # is copied out because the target directory is not part of the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p metal3-fakenode --bin metal3-fakenode \
+    cargo build --profile dist --locked -p metal3-fakenode --bin metal3-fakenode \
        -p metal3-fakenode-front --bin metal3-fakenode-front \
- && cp target/release/metal3-fakenode /metal3-fakenode \
- && cp target/release/metal3-fakenode-front /metal3-fakenode-front
+ && cp target/dist/metal3-fakenode /metal3-fakenode \
+ && cp target/dist/metal3-fakenode-front /metal3-fakenode-front
 
 # Same Debian release as the build stage, so the binary finds the glibc it was linked
 # against.
