@@ -83,8 +83,9 @@ async fn nodes_live_until_their_machine_is_deleted() {
 }
 
 /// As a kubelet: between two reports of its conditions a Node's heartbeat is its Lease
-/// alone; and a kubelet whose Lease and Node were deleted (as the garbage collector
-/// deletes a Node's Lease) finds its Node gone and makes no Lease for it.
+/// alone; a Lease deleted alone is made again; and a kubelet whose Lease and Node were
+/// deleted (as the garbage collector deletes a Node's Lease) finds its Node gone and makes
+/// no Lease for it.
 #[tokio::test]
 #[cfg_attr(
     not(envtest),
@@ -130,7 +131,36 @@ async fn between_reports_only_the_lease_is_renewed() {
         ready_condition(&before).last_heartbeat_time
     );
 
+    // A Lease deleted alone while its Node lives: the next heartbeat makes another, owned
+    // by the Node, and the Node stays as it was.
     let node_uid = before.metadata.uid.clone().unwrap();
+    let old = leases.get(&worker.spec.name).await.unwrap();
+    leases
+        .delete(&worker.spec.name, &Default::default())
+        .await
+        .unwrap();
+    let again = eventually("the Lease made again", LIMIT, || async {
+        leases
+            .get_opt(&worker.spec.name)
+            .await
+            .unwrap()
+            .filter(|l| l.metadata.uid != old.metadata.uid)
+    })
+    .await;
+    let owners = again.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        owners.iter().any(|o| o.kind == "Node" && o.uid == node_uid),
+        "{owners:?}"
+    );
+    assert_eq!(
+        again.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(worker.spec.name.as_str())
+    );
+    assert_eq!(
+        api.get(&worker.spec.name).await.unwrap().metadata.uid,
+        Some(node_uid.clone())
+    );
+
     api.delete(&worker.spec.name, &Default::default())
         .await
         .unwrap();
