@@ -359,11 +359,12 @@ async fn renew_lease(
     now: &MicroTime,
     metrics: &Metrics,
 ) -> Result<Renewal, Error> {
-    let api: Api<Lease> = Api::namespaced(workload.client(), lease::NAMESPACE);
     let uid = match beat.lease {
         LeaseOwner::Foreign => return Ok(Renewal::Renewed(LeaseOwner::Foreign)),
         LeaseOwner::Ours(uid) => uid.clone(),
         LeaseOwner::Unknown => {
+            // Only here: each client made holds a request queue while it lives.
+            let api: Api<Lease> = Api::namespaced(workload.client(), lease::NAMESPACE);
             match get_opt(workload, metrics, Purpose::Heartbeat, &api, beat.node).await? {
                 None => return Ok(Renewal::Missing),
                 Some(l) if !is_ours(&l.metadata) => {
