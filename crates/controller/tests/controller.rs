@@ -696,6 +696,29 @@ async fn bad_inputs_are_reported_and_leave_every_other_machine_alone() {
             "{m3m}: {count} retries of {reason}: not backing off"
         );
     }
+    // A Warning that comes back is one Event whose series counts it (kube's recorder
+    // aggregates), never one Event per retry; the conflict is retried, so it repeats.
+    for (m3m, reason) in &cases {
+        let found = events(&mgmt, &ns, m3m, reason).await;
+        assert_eq!(
+            found.len(),
+            1,
+            "{m3m}: one {reason} Event, not one per retry"
+        );
+    }
+    eventually(
+        "the conflict's Warning counted as a series",
+        LIMIT,
+        || async {
+            let found = events(&mgmt, &ns, &conflict, "NodeConflict").await;
+            found
+                .first()
+                .and_then(|e| e.series.as_ref())
+                .is_some_and(|s| s.count >= 2)
+                .then_some(())
+        },
+    )
+    .await;
     ctl.stop().await;
 }
 

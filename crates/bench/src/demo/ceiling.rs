@@ -17,12 +17,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 use metal3_fakenode::apply;
 use metal3_fakenode::cli::{Cli, Command, RunArgs};
-use metal3_fakenode::controller::{CONTROLLER_NAME, node_created_event};
+use metal3_fakenode::controller::{EventPublisher, node_created_event};
 use metal3_fakenode::fake::{self, lease};
 use metal3_fakenode::fidelity::Fidelity;
 use metal3_fakenode::kubelet::Kubelets;
@@ -188,7 +187,7 @@ pub fn plan_all(snapshot: &Snapshot, fidelity: &Fidelity) -> anyhow::Result<Vec<
 async fn register(
     clients: &WorkloadClients,
     kubelets: &Kubelets,
-    recorder: &Recorder,
+    events: &EventPublisher,
     planned: &Planned,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
@@ -213,7 +212,7 @@ async fn register(
         );
         apply::ensure_lease(&workload, &lease, metrics).await?;
     }
-    recorder
+    events
         .publish(&node_created_event(desired), &planned.regarding)
         .await
         .context("publishing the Node's Event")?;
@@ -239,15 +238,9 @@ pub async fn send(
     let clients = WorkloadClients::new(settings);
     let kubelets = Kubelets::new(fidelity);
     let metrics = Metrics::new()?;
-    let recorder = Recorder::new(
-        mgmt.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: None,
-        },
-    );
+    let events = EventPublisher::new(mgmt.clone(), None);
     due.map(|i| {
-        let (clients, kubelets, recorder, metrics) = (&clients, &kubelets, &recorder, &metrics);
+        let (clients, kubelets, events, metrics) = (&clients, &kubelets, &events, &metrics);
         async move {
             let Some(p) = planned.get(i) else {
                 bail!("no machine {i} to register");
@@ -256,7 +249,7 @@ pub async fn send(
             // (a connection the server closed, a timeout): the extra requests count.
             let mut attempt = 1;
             loop {
-                match register(clients, kubelets, recorder, p, metrics).await {
+                match register(clients, kubelets, events, p, metrics).await {
                     Ok(()) => return Ok(()),
                     Err(e) if attempt < ATTEMPTS => {
                         tracing::debug!(machine = %p.machine, error = %e, "ceiling: trying again");
