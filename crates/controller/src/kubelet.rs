@@ -143,6 +143,28 @@ struct State {
     /// Kubelets by due time. Entries are not removed when a kubelet is rescheduled or
     /// removed: one whose kubelet's slot no longer says the same time is stale.
     queue: BTreeSet<(Instant, ClusterKey, String)>,
+    /// When the driving task will wake on its own; `None` while it waits for a wake-up
+    /// only. A kubelet scheduled no sooner needs no wake-up.
+    wakes_at: Option<Instant>,
+}
+
+impl State {
+    /// Whether the driving task must be woken for a kubelet due at `at`.
+    fn wakes_too_late_for(&self, at: Instant) -> bool {
+        self.wakes_at.is_none_or(|w| at < w)
+    }
+}
+
+/// The driving task wakes at most this many times per heartbeat interval (once a second
+/// at the default 40 s), and posts for every kubelet due by then: each wake-up of a task
+/// costs a context switch or two, most of a heartbeat's CPU when 1000 kubelets woke it
+/// one by one. A post is late by at most one tick; its next one is still counted from
+/// when it was due.
+const TICKS_PER_INTERVAL: u32 = 40;
+
+/// The tick of the driving task for heartbeats every `interval`.
+fn tick(interval: Duration) -> Duration {
+    (interval / TICKS_PER_INTERVAL).min(Duration::from_secs(1))
 }
 
 /// What a kubelet does when its time comes.
@@ -365,8 +387,11 @@ impl Kubelets {
             },
         );
         schedule(&mut state, cluster, &record.node, next);
+        let wake = next.is_some_and(|at| state.wakes_too_late_for(at));
         drop(state);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         true
     }
 
@@ -441,9 +466,11 @@ impl Kubelets {
         stopped: impl Future<Output = ()>,
     ) {
         let mut posts = JoinSet::new();
+        let tick = tick(self.fidelity.heartbeat_interval);
         tokio::pin!(stopped);
         loop {
-            let (due, next) = self.take_due(Instant::now());
+            let now = Instant::now();
+            let (due, next) = self.take_due(now, now + tick);
             for d in due {
                 self.dispatch(d, &workloads, &metrics, &mut posts);
             }
@@ -463,13 +490,16 @@ impl Kubelets {
         posts.shutdown().await;
     }
 
-    /// Takes the kubelets due by `now` off the queue; also returns when the next one is.
-    fn take_due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
+    /// Takes the kubelets due by `now` off the queue; also returns when to look again:
+    /// when the next one is due, but not before `not_before`.
+    fn take_due(&self, now: Instant, not_before: Instant) -> (Vec<Due>, Option<Instant>) {
         let mut state = self.lock();
         let mut due = Vec::new();
         while let Some(first) = state.queue.first().cloned() {
             if first.0 > now {
-                return (due, Some(first.0));
+                let wake = first.0.max(not_before);
+                state.wakes_at = Some(wake);
+                return (due, Some(wake));
             }
             state.queue.pop_first();
             let (at, cluster, node) = first;
@@ -496,6 +526,7 @@ impl Kubelets {
                 in_flight,
             });
         }
+        state.wakes_at = None;
         (due, None)
     }
 
@@ -567,9 +598,12 @@ impl Kubelets {
             .map(|n| n.max(now + RETRY_AFTER)),
         };
         schedule(&mut state, &due.cluster, &due.node, next);
-        drop(state);
         // The driving task may be asleep with nothing queued, or until a later time.
-        self.wake.notify_one();
+        let wake = next.is_some_and(|at| state.wakes_too_late_for(at));
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -736,6 +770,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_driving_task_ticks_forty_times_an_interval_at_most_once_a_second() {
+        assert_eq!(tick(S(40)), S(1));
+        assert_eq!(tick(S(400)), S(1));
+        assert_eq!(tick(S(1)), Duration::from_millis(25));
+    }
+
+    #[test]
+    fn the_driving_task_is_woken_only_for_a_kubelet_due_before_it_wakes() {
+        let t0 = Instant::now();
+        let mut state = State::default();
+        assert!(
+            state.wakes_too_late_for(t0 + S(100)),
+            "it waits to be woken"
+        );
+        state.wakes_at = Some(t0 + S(10));
+        assert!(state.wakes_too_late_for(t0 + S(5)));
+        assert!(!state.wakes_too_late_for(t0 + S(10)));
+        assert!(!state.wakes_too_late_for(t0 + S(50)));
+    }
+
+    #[tokio::test]
+    async fn the_driving_task_looks_again_when_the_next_is_due_but_not_before_its_tick() {
+        let kubelets = Kubelets::new(Fidelity {
+            heartbeat_interval: S(40),
+            ..Fidelity::default()
+        });
+        kubelets.register(&key(), record("n0", "u0"));
+        let start = Instant::now();
+        let (due, next) = kubelets.take_due(start, start);
+        let next = next.expect("a kubelet is queued");
+        assert!(
+            due.is_empty(),
+            "its first heartbeat falls later in the interval"
+        );
+        assert!(next <= start + S(40), "within the interval: {next:?}");
+        let (_, later) = kubelets.take_due(start, start + S(41));
+        assert_eq!(later, Some(start + S(41)));
+        assert_eq!(kubelets.lock().wakes_at, Some(start + S(41)));
+    }
+
     #[tokio::test]
     async fn kubelets_spread_over_the_interval_and_are_due_once_each() {
         let kubelets = Kubelets::new(Fidelity {
@@ -751,7 +826,7 @@ mod tests {
         let start = Instant::now();
         let mut per_tenth = [0usize; 10];
         for tenth in 1..=10 {
-            let (due, _) = kubelets.take_due(start + S(4 * tenth));
+            let (due, _) = kubelets.take_due(start + S(4 * tenth), start);
             per_tenth[tenth as usize - 1] = due.len();
         }
         assert_eq!(per_tenth.iter().sum::<usize>(), 400, "{per_tenth:?}");
@@ -760,7 +835,7 @@ mod tests {
             "spread evenly: {per_tenth:?}"
         );
         // In flight, nobody is due twice.
-        assert!(kubelets.take_due(start + S(200)).0.is_empty());
+        assert!(kubelets.take_due(start + S(200), start).0.is_empty());
     }
 
     #[tokio::test]
