@@ -44,7 +44,7 @@ use metal3_fakenode_testkit::envtest::process::Supervised;
 use metal3_fakenode_testkit::envtest::{self, Assets, Environment};
 use metal3_fakenode_testkit::probe;
 use metal3_fakenode_testkit::simulate::{capm3, world};
-use report::{CeilingRun, Latency, Report, Run, ShardReport};
+use report::{CeilingRun, CpuBeside, Latency, Report, Run, ShardReport};
 
 /// Parallel requests of the harness while it writes the world.
 const WRITERS: usize = 16;
@@ -611,6 +611,7 @@ async fn measure(
     };
     let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
     let cpu = |c: &Controller| process_stats::cpu_seconds(c.process.pid()).unwrap_or(0.0);
+    let beside_at_start = cpu_beside(&env);
     let (t0, mut controllers, cpu_at_start, controller_ready_seconds, provisioning) = if drain {
         // The clock starts with the controller: everything it needs is there already.
         say(format!(
@@ -638,6 +639,7 @@ async fn measure(
     let expected: Vec<&str> = machines.iter().map(|m| m.spec.name.as_str()).collect();
     wait_ready(&seen, &expected, t0, args.timeout, &mut controllers).await?;
     let cpu_measured = controllers.iter().map(cpu).sum::<f64>() - cpu_at_start;
+    let beside = cpu_beside(&env).since(beside_at_start);
     // Every cluster's connection is open now: close to the most it holds.
     let open_files: u64 = controllers
         .iter()
@@ -752,6 +754,7 @@ async fn measure(
         workload_requests,
         requests_per_node: report::per_node(workload_requests, nodes_created),
         requests_by_purpose,
+        cpu_beside: beside,
         controller_peak_rss_bytes: shard_reports.iter().map(|s| s.peak_rss_bytes).sum(),
         controller_cpu_seconds: cpu_after,
         controller_cpu_seconds_per_1000_nodes: report::per_node(cpu_measured, nodes_created)
@@ -814,7 +817,7 @@ async fn measure(
             env.workloads.iter().map(|w| w.admin_kubeconfig()).collect()
         };
         let ceiling = measure_ceiling(
-            args, mode, &clear, &mgmt, &machines, &expected, &seen, &flags,
+            args, mode, &env, &clear, &mgmt, &machines, &expected, &seen, &flags,
         )
         .await?;
         run.compare_with(ceiling, drain);
@@ -900,6 +903,7 @@ async fn soak(
 async fn measure_ceiling(
     args: &DemoArgs,
     mode: ArrivalMode,
+    env: &Environment,
     clear: &[kube::config::Kubeconfig],
     mgmt: &kube::Client,
     machines: &[Planned],
@@ -938,6 +942,7 @@ async fn measure_ceiling(
     lock(seen).names_by_host.clear();
 
     let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let beside_at_start = cpu_beside(env);
     let (t0, sent) = if mode == ArrivalMode::Provisioned {
         let t0 = Instant::now();
         let sent = ceiling::send(
@@ -969,6 +974,7 @@ async fn measure_ceiling(
         (t0, sent)
     };
     wait_ready(seen, expected, t0, args.timeout, &mut []).await?;
+    let beside = cpu_beside(env).since(beside_at_start);
     let observed = {
         let seen = lock(seen);
         let provisioned = lock(&provisioned);
@@ -988,7 +994,20 @@ async fn measure_ceiling(
         latency_seconds: Latency::from_samples(&observed.latencies),
         workload_requests: sent,
         requests_per_node: report::per_node(sent, nodes_created),
+        cpu_beside: beside,
     })
+}
+
+/// The CPU seconds so far of the processes beside the one measured (this one included:
+/// the harness).
+fn cpu_beside(env: &Environment) -> CpuBeside {
+    let cpu = |pid| process_stats::cpu_seconds(pid).unwrap_or(0.0);
+    CpuBeside {
+        management_apiserver: cpu(env.management.pid()),
+        workload_apiservers: env.workloads.iter().map(|w| cpu(w.pid())).sum(),
+        etcd: cpu(env.etcd_pid()),
+        harness: cpu(std::process::id()),
+    }
 }
 
 /// The controller's flags that decide what it sends: the same for the ceiling.

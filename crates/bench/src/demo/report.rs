@@ -57,6 +57,49 @@ pub struct ShardReport {
     pub workload_clients: f64,
 }
 
+/// CPU seconds the other processes spent within a measurement's window: what shared the
+/// cores with the controller (or the ceiling) while it worked, so that a gap between the
+/// two can be told from a difference in the load beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CpuBeside {
+    pub management_apiserver: f64,
+    /// Summed over the workload API servers.
+    pub workload_apiservers: f64,
+    pub etcd: f64,
+    /// The harness: its watches and the trigger, and in the ceiling's window the
+    /// ceiling's own requests (it runs in the harness's process).
+    pub harness: f64,
+}
+
+impl CpuBeside {
+    /// What was spent between `earlier` and `self`.
+    pub fn since(self, earlier: CpuBeside) -> CpuBeside {
+        CpuBeside {
+            management_apiserver: self.management_apiserver - earlier.management_apiserver,
+            workload_apiservers: self.workload_apiservers - earlier.workload_apiservers,
+            etcd: self.etcd - earlier.etcd,
+            harness: self.harness - earlier.harness,
+        }
+    }
+
+    fn median<'a>(of: impl Iterator<Item = &'a CpuBeside> + Clone) -> CpuBeside {
+        let m = |f: fn(&CpuBeside) -> f64| median(of.clone().map(f));
+        CpuBeside {
+            management_apiserver: m(|c| c.management_apiserver),
+            workload_apiservers: m(|c| c.workload_apiservers),
+            etcd: m(|c| c.etcd),
+            harness: m(|c| c.harness),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{:.1} / {:.1} / {:.1} / {:.1} s",
+            self.management_apiserver, self.workload_apiservers, self.etcd, self.harness
+        )
+    }
+}
+
 /// What the ceiling (a plain client, no rate limit, the same requests as the controller
 /// from a cold start, after the same trigger) did in one run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -74,6 +117,8 @@ pub struct CeilingRun {
     /// own registry, counted by the controller's own request function).
     pub workload_requests: f64,
     pub requests_per_node: f64,
+    /// The other processes' CPU within its window.
+    pub cpu_beside: CpuBeside,
 }
 
 /// One measurement: the controller's run and, with `--ceiling`, the ceiling's in the same
@@ -110,6 +155,8 @@ pub struct Run {
     /// The controller's requests by purpose (`registration`, `kubeadm_config`,
     /// `heartbeat`...), read at the end of the run: what `requests_per_node` is made of.
     pub requests_by_purpose: BTreeMap<String, f64>,
+    /// The other processes' CPU from the clock's start to the last Node Ready.
+    pub cpu_beside: CpuBeside,
     pub ceiling: Option<CeilingRun>,
     /// This run's Nodes/s over the ceiling's.
     pub ratio_to_ceiling: Option<f64>,
@@ -369,6 +416,7 @@ impl CeilingRun {
             latency_seconds: median_latency(runs.iter().map(|r| &r.latency_seconds)),
             workload_requests: m(|r| r.workload_requests),
             requests_per_node: m(|r| r.requests_per_node),
+            cpu_beside: CpuBeside::median(runs.iter().map(|r| &r.cpu_beside)),
         }
     }
 }
@@ -418,6 +466,7 @@ impl Run {
             workload_requests: m(|r| r.workload_requests),
             requests_per_node: m(|r| r.requests_per_node),
             requests_by_purpose: median_by_key(runs.iter().map(|r| &r.requests_by_purpose)),
+            cpu_beside: CpuBeside::median(runs.iter().map(|r| &r.cpu_beside)),
             ceiling: (!ceilings.is_empty()).then(|| CeilingRun::median(&ceilings)),
             ratio_to_ceiling: median_some(runs.iter().map(|r| r.ratio_to_ceiling)),
             latency_p50_ratio_to_ceiling: median_some(
@@ -713,6 +762,17 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
+    line(
+        "other CPU (mgmt/workload/etcd/harness)",
+        match &r.ceiling {
+            Some(c) => format!(
+                "controller's window {}, ceiling's {} (its requests in the harness's)",
+                r.cpu_beside.text(),
+                c.cpu_beside.text()
+            ),
+            None => r.cpu_beside.text(),
+        },
+    );
     line(
         "requests per Node (workload)",
         match &r.ceiling {
@@ -1141,6 +1201,48 @@ mod tests {
         assert!(text.contains("ratio 1.20"), "{text}");
         assert!(
             text.contains("controller 30.0 ms, ceiling 10.0 ms: ratio 3.00"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_cpu_beside_each_window_is_what_each_process_spent_in_it_side_by_side() {
+        let at = |m, w, e, h| CpuBeside {
+            management_apiserver: m,
+            workload_apiservers: w,
+            etcd: e,
+            harness: h,
+        };
+        let spent = at(10.0, 20.0, 5.0, 3.0).since(at(4.0, 8.0, 1.0, 2.5));
+        assert_eq!(spent, at(6.0, 12.0, 4.0, 0.5));
+        let runs: Vec<Run> = [1.0, 3.0, 2.0]
+            .into_iter()
+            .map(|x| {
+                let mut run = Run {
+                    nodes_per_second: 1.0,
+                    cpu_beside: at(x, 2.0 * x, 0.0, 0.0),
+                    ..Run::default()
+                };
+                run.compare_with(
+                    CeilingRun {
+                        nodes_per_second: 1.0,
+                        cpu_beside: at(10.0 * x, 0.0, 0.0, x),
+                        ..CeilingRun::default()
+                    },
+                    true,
+                );
+                run
+            })
+            .collect();
+        let r = report(runs);
+        assert_eq!(r.median.cpu_beside, at(2.0, 4.0, 0.0, 0.0));
+        let ceiling = r.median.ceiling.as_ref().map(|c| c.cpu_beside);
+        assert_eq!(ceiling, Some(at(20.0, 0.0, 0.0, 2.0)));
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "controller's window 2.0 / 4.0 / 0.0 / 0.0 s, ceiling's 20.0 / 0.0 / 0.0 / 2.0 s"
+            ),
             "{text}"
         );
     }

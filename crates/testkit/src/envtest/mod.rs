@@ -496,6 +496,11 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// The etcd every API server of the environment shares.
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.pid()
+    }
+
     pub async fn start(assets: Assets, workloads: usize) -> Result<Self, EnvtestError> {
         let etcd = Etcd::start(&assets).await?;
         let names: Vec<String> = (0..workloads).map(|i| format!("workload-{i}")).collect();
