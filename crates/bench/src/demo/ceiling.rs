@@ -91,14 +91,23 @@ where
 }
 
 impl Snapshot {
+    /// Every kind at once, as the controller's watches list them.
     pub async fn read(mgmt: &Client) -> anyhow::Result<Self> {
+        let (hosts, machines, clusters, secrets, control_planes, metal3_machines) = tokio::try_join!(
+            list(mgmt),
+            list(mgmt),
+            list(mgmt),
+            list(mgmt),
+            list(mgmt),
+            list::<Metal3Machine>(mgmt),
+        )?;
         Ok(Self {
-            hosts: list(mgmt).await?,
-            machines: list(mgmt).await?,
-            clusters: list(mgmt).await?,
-            secrets: list(mgmt).await?,
-            control_planes: list(mgmt).await?,
-            metal3_machines: list::<Metal3Machine>(mgmt).await?.into_values().collect(),
+            hosts,
+            machines,
+            clusters,
+            secrets,
+            control_planes,
+            metal3_machines: metal3_machines.into_values().collect(),
         })
     }
 }

@@ -915,13 +915,13 @@ async fn measure_ceiling(
     let run_args = ceiling::controller_run_args(flags)?;
     let fidelity = run_args.fidelity();
     let settings = ceiling::unthrottled(run_args.workload_settings());
-    let snapshot = ceiling::Snapshot::read(mgmt).await?;
-    let planned = ceiling::plan_all(&snapshot, &fidelity)?;
-    let index: HashMap<String, usize> = planned
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.machine.clone(), i))
-        .collect();
+    // What the ceiling needs of the management cluster, as the controller reads it: in a
+    // drain within the clock (the controller's clock starts before it lists anything),
+    // otherwise before the trigger (the controller was started and synced before it).
+    let read_and_plan = || async {
+        let snapshot = ceiling::Snapshot::read(mgmt).await?;
+        ceiling::plan_all(&snapshot, &fidelity)
+    };
     // A cold start: the workload API servers as the controller found them.
     stream::iter(clear)
         .map(|kubeconfig| async move {
@@ -945,17 +945,24 @@ async fn measure_ceiling(
     let beside_at_start = cpu_beside(env);
     let (t0, sent) = if mode == ArrivalMode::Provisioned {
         let t0 = Instant::now();
+        let planned = read_and_plan().await?;
         let sent = ceiling::send(
             mgmt,
             &planned,
             stream::iter(0..planned.len()),
             settings,
-            fidelity,
+            fidelity.clone(),
             args.concurrency,
         )
         .await?;
         (t0, sent)
     } else {
+        let planned = read_and_plan().await?;
+        let index: HashMap<String, usize> = planned
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.machine.clone(), i))
+            .collect();
         // The same trigger as the controller's: the hosts provisioned again, on the same
         // schedule; each machine's requests start when its host's update returns.
         stream::iter(machines)
