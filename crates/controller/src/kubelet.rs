@@ -4,8 +4,8 @@
 //! interval, so the load stays flat however the Nodes arrived; stops posting when a
 //! NotReady fault says so; and is what the cleanup retires when its Machine is gone.
 //!
-//! One task drives them all from a queue ordered by due time; each post is a short task
-//! of its own, at most [`IN_FLIGHT_PER_CLUSTER`] per cluster, so a dead workload cluster
+//! One task drives them all from a queue ordered by due time, waking at most once a tick
+//! for every kubelet due by then; each post is a short task of its own, at most [`IN_FLIGHT_PER_CLUSTER`] per cluster, so a dead workload cluster
 //! holds up only its own kubelets.
 
 use std::collections::{BTreeSet, HashMap};
