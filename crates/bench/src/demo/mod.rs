@@ -611,17 +611,25 @@ async fn measure(
     };
     let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
     let cpu = |c: &Controller| process_stats::cpu_seconds(c.process.pid()).unwrap_or(0.0);
-    let beside_at_start = cpu_beside(&env);
-    let (t0, mut controllers, cpu_at_start, controller_ready_seconds, provisioning) = if drain {
+    // What the other processes spent is counted from the clock's start, as the rest.
+    let (
+        t0,
+        beside_at_start,
+        mut controllers,
+        cpu_at_start,
+        controller_ready_seconds,
+        provisioning,
+    ) = if drain {
         // The clock starts with the controller: everything it needs is there already.
         say(format!(
             "starting the controller: {} machines wait for their Nodes",
             machines.len()
         ));
+        let beside_at_start = cpu_beside(&env);
         let t0 = Instant::now();
         let controllers: Vec<Controller> = start_all().await?;
         let ready = t0.elapsed().as_secs_f64();
-        (t0, controllers, 0.0, Some(ready), None)
+        (t0, beside_at_start, controllers, 0.0, Some(ready), None)
     } else {
         // Side by side, as replicas would start; every one is ready before the clock
         // starts.
@@ -631,9 +639,17 @@ async fn measure(
             ArrivalMode::Rate(rate) => say(format!("provisioning {rate} hosts per second")),
             _ => say(format!("provisioning all {} hosts at once", machines.len())),
         }
+        let beside_at_start = cpu_beside(&env);
         let t0 = Instant::now();
         let flipping = provision(&mgmt, &machines, mode, &provisioned, None);
-        (t0, controllers, cpu_at_start, None, Some(flipping))
+        (
+            t0,
+            beside_at_start,
+            controllers,
+            cpu_at_start,
+            None,
+            Some(flipping),
+        )
     };
 
     let expected: Vec<&str> = machines.iter().map(|m| m.spec.name.as_str()).collect();
@@ -942,8 +958,8 @@ async fn measure_ceiling(
     lock(seen).names_by_host.clear();
 
     let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
-    let beside_at_start = cpu_beside(env);
-    let (t0, sent) = if mode == ArrivalMode::Provisioned {
+    let (t0, beside_at_start, sent) = if mode == ArrivalMode::Provisioned {
+        let beside_at_start = cpu_beside(env);
         let t0 = Instant::now();
         let planned = read_and_plan().await?;
         let sent = ceiling::send(
@@ -955,7 +971,7 @@ async fn measure_ceiling(
             args.concurrency,
         )
         .await?;
-        (t0, sent)
+        (t0, beside_at_start, sent)
     } else {
         let planned = read_and_plan().await?;
         let index: HashMap<String, usize> = planned
@@ -973,12 +989,13 @@ async fn measure_ceiling(
             .try_collect::<Vec<()>>()
             .await?;
         let (due, due_names) = futures::channel::mpsc::unbounded();
+        let beside_at_start = cpu_beside(env);
         let t0 = Instant::now();
         let flipping = provision(mgmt, machines, mode, &provisioned, Some(due));
         let due = due_names.filter_map(|name| futures::future::ready(index.get(&name).copied()));
         let sent = ceiling::send(mgmt, &planned, due, settings, fidelity, args.concurrency).await?;
         flipping.await??;
-        (t0, sent)
+        (t0, beside_at_start, sent)
     };
     wait_ready(seen, expected, t0, args.timeout, &mut []).await?;
     let beside = cpu_beside(env).since(beside_at_start);
