@@ -5,7 +5,8 @@
 //! NotReady fault says so; and is what the cleanup retires when its Machine is gone.
 //!
 //! One task drives them all from a queue ordered by due time, waking at most once a tick
-//! for every kubelet due by then; each post is a short task of its own, at most [`IN_FLIGHT_PER_CLUSTER`] per cluster, so a dead workload cluster
+//! for every kubelet due by then; each post is a short task of its own, at most
+//! [`IN_FLIGHT_PER_CLUSTER`] per cluster, so a dead workload cluster
 //! holds up only its own kubelets.
 
 use std::collections::{BTreeSet, HashMap};
@@ -386,8 +387,7 @@ impl Kubelets {
                 guard: Arc::default(),
             },
         );
-        schedule(&mut state, cluster, &record.node, next);
-        let wake = next.is_some_and(|at| state.wakes_too_late_for(at));
+        let wake = schedule(&mut state, cluster, &record.node, next);
         drop(state);
         if wake {
             self.wake.notify_one();
@@ -597,9 +597,7 @@ impl Kubelets {
             )
             .map(|n| n.max(now + RETRY_AFTER)),
         };
-        schedule(&mut state, &due.cluster, &due.node, next);
-        // The driving task may be asleep with nothing queued, or until a later time.
-        let wake = next.is_some_and(|at| state.wakes_too_late_for(at));
+        let wake = schedule(&mut state, &due.cluster, &due.node, next);
         drop(state);
         if wake {
             self.wake.notify_one();
@@ -607,9 +605,11 @@ impl Kubelets {
     }
 }
 
-fn schedule(state: &mut State, cluster: &ClusterKey, node: &str, at: Option<Instant>) {
+/// Queues the kubelet at `at`; returns whether the driving task must be woken for it (it
+/// may be asleep with nothing queued, or until a later time).
+fn schedule(state: &mut State, cluster: &ClusterKey, node: &str, at: Option<Instant>) -> bool {
     let Some(at) = at else {
-        return;
+        return false;
     };
     if let Some(k) = state
         .clusters
@@ -619,6 +619,7 @@ fn schedule(state: &mut State, cluster: &ClusterKey, node: &str, at: Option<Inst
         k.slot = Slot::Queued(at);
         state.queue.insert((at, cluster.clone(), node.to_string()));
     }
+    state.wakes_too_late_for(at)
 }
 
 /// One post of one kubelet.
