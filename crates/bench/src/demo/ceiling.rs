@@ -4,7 +4,8 @@
 //! controller's, byte for byte); how comes from its own `apply` functions, in the order
 //! its reconcile sends them, through the same kind of per-cluster clients built cold,
 //! with no rate limit, and each Node's Event to the management API server (the
-//! controller's own, published the same way). No watch, queue or store in between.
+//! controller's own, published the same way). It learns of provisioned hosts from a watch
+//! of the hosts, as the controller does; no queue, store or mapping in between.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -28,7 +29,7 @@ use metal3_fakenode::kubelet::Kubelets;
 use metal3_fakenode::metrics::Metrics;
 use metal3_fakenode::plan::{self, Desired, Found, Lookup, Memory, Plan, Registration, Steps};
 use metal3_fakenode::resources::{
-    BareMetalHost, Cluster, KubeadmControlPlane, Machine, Metal3Machine,
+    BareMetalHost, Cluster, KubeadmControlPlane, Machine, Metal3Machine, PROVISIONED,
 };
 use metal3_fakenode::tolerant::{Tolerant, View};
 use metal3_fakenode::workload::{Settings, WorkloadClients};
@@ -327,4 +328,49 @@ pub async fn clear(client: &Client) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     bail!("the controller's Nodes were still there a minute after their deletion")
+}
+
+/// The ceiling's trigger: a watch of the hosts, as the controller's own, delivers each
+/// machine whose host is reported provisioned (once, with when it was seen), after the
+/// watch has listed what is there. A plain client learns of a host no sooner than the
+/// controller can: the harness's own word that it wrote the host would be news no
+/// controller has.
+pub async fn provisioned_hosts(
+    mgmt: &Client,
+    machine_of_host: HashMap<(String, String), String>,
+) -> anyhow::Result<impl Stream<Item = (String, std::time::Instant)> + use<>> {
+    use kube::runtime::watcher;
+    let hosts: Api<Tolerant<BareMetalHost>> = Api::all(mgmt.clone());
+    let mut events = watcher(hosts, watcher::Config::default()).boxed();
+    // Listed first: a host already provisioned is not news of this trigger.
+    loop {
+        match events.next().await {
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e).context("listing the hosts"),
+            None => bail!("the watch of the hosts ended before it listed them"),
+        }
+    }
+    let mut sent = std::collections::HashSet::new();
+    Ok(events.filter_map(move |event| {
+        let seen = std::time::Instant::now();
+        let due = match event {
+            Ok(watcher::Event::Apply(host) | watcher::Event::InitApply(host)) => host
+                .read()
+                .ok()
+                .filter(|h| {
+                    h.status
+                        .as_ref()
+                        .is_some_and(|s| s.provisioning.state == PROVISIONED)
+                })
+                .and_then(|_| {
+                    machine_of_host.get(&(host.namespace().unwrap_or_default(), host.name_any()))
+                })
+                .filter(|machine| sent.insert((*machine).clone()))
+                .map(|machine| (machine.clone(), seen)),
+            // The watcher lists again after an error: nothing is lost.
+            Ok(_) | Err(_) => None,
+        };
+        futures::future::ready(due)
+    }))
 }

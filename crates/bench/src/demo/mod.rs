@@ -289,24 +289,19 @@ fn cluster_name(node: &Node) -> Option<String> {
 }
 
 /// Turns the hosts `provisioned` (all at once, or at a rate), recording when each
-/// update returned and telling `due` the machine's name.
+/// update returned.
 fn provision(
     mgmt: &kube::Client,
     machines: &[Planned],
     mode: ArrivalMode,
     provisioned: &Arc<Mutex<HashMap<String, Instant>>>,
-    due: Option<futures::channel::mpsc::UnboundedSender<String>>,
 ) -> tokio::task::JoinHandle<Result<(), kube::Error>> {
     let flip = |m: &Planned| {
-        let (mgmt, provisioned, due) = (mgmt.clone(), provisioned.clone(), due.clone());
+        let (mgmt, provisioned) = (mgmt.clone(), provisioned.clone());
         let (ns, host, name) = (m.namespace.clone(), m.spec.host(), m.spec.name.clone());
         async move {
             world::set_host_state(&mgmt, &ns, &host, "provisioned").await?;
-            lock(&provisioned).insert(name.clone(), Instant::now());
-            if let Some(due) = due {
-                // The receiver is gone only when the ceiling failed: it says why.
-                let _ = due.unbounded_send(name);
-            }
+            lock(&provisioned).insert(name, Instant::now());
             Ok::<(), kube::Error>(())
         }
     };
@@ -641,7 +636,7 @@ async fn measure(
         }
         let beside_at_start = cpu_beside(&env);
         let t0 = Instant::now();
-        let flipping = provision(&mgmt, &machines, mode, &provisioned, None);
+        let flipping = provision(&mgmt, &machines, mode, &provisioned);
         (
             t0,
             beside_at_start,
@@ -958,6 +953,8 @@ async fn measure_ceiling(
     lock(seen).names_by_host.clear();
 
     let provisioned = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    // When the ceiling took each machine from its watch of the hosts.
+    let triggered = Mutex::new(HashMap::<String, Instant>::new());
     let (t0, beside_at_start, sent) = if mode == ArrivalMode::Provisioned {
         let beside_at_start = cpu_beside(env);
         let t0 = Instant::now();
@@ -988,11 +985,20 @@ async fn measure_ceiling(
             .buffer_unordered(WRITERS)
             .try_collect::<Vec<()>>()
             .await?;
-        let (due, due_names) = futures::channel::mpsc::unbounded();
+        let machine_of_host = machines
+            .iter()
+            .map(|m| ((m.namespace.clone(), m.spec.host()), m.spec.name.clone()))
+            .collect();
+        let seen_provisioned = ceiling::provisioned_hosts(mgmt, machine_of_host).await?;
         let beside_at_start = cpu_beside(env);
         let t0 = Instant::now();
-        let flipping = provision(mgmt, machines, mode, &provisioned, Some(due));
-        let due = due_names.filter_map(|name| futures::future::ready(index.get(&name).copied()));
+        let flipping = provision(mgmt, machines, mode, &provisioned);
+        let due = seen_provisioned
+            .filter_map(|(name, at)| {
+                lock(&triggered).insert(name.clone(), at);
+                futures::future::ready(index.get(&name).copied())
+            })
+            .take(planned.len());
         let sent = ceiling::send(mgmt, &planned, due, settings, fidelity, args.concurrency).await?;
         flipping.await??;
         (t0, beside_at_start, sent)
@@ -1003,6 +1009,19 @@ async fn measure_ceiling(
         let seen = lock(seen);
         let provisioned = lock(&provisioned);
         observe(&seen, expected, &provisioned, t0)
+    };
+    let trigger = {
+        let provisioned = lock(&provisioned);
+        lock(&triggered)
+            .iter()
+            .filter_map(|(name, at)| {
+                // A watch may deliver the update before the writer has its answer: 0.
+                Some(
+                    at.saturating_duration_since(*provisioned.get(name)?)
+                        .as_secs_f64(),
+                )
+            })
+            .collect::<Vec<f64>>()
     };
     let nodes_created = observed.ready.len();
     say(format!(
@@ -1016,6 +1035,7 @@ async fn measure_ceiling(
         elapsed_seconds: observed.elapsed,
         nodes_per_second: report::per_second(nodes_created as f64, observed.elapsed),
         latency_seconds: Latency::from_samples(&observed.latencies),
+        trigger_seconds: Latency::from_samples(&trigger),
         workload_requests: sent,
         requests_per_node: report::per_node(sent, nodes_created),
         cpu_beside: beside,

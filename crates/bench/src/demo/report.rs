@@ -113,6 +113,9 @@ pub struct CeilingRun {
     pub nodes_per_second: f64,
     /// Host provisioned -> Node Ready, as for the controller (zero in a drain).
     pub latency_seconds: Latency,
+    /// Host provisioned -> the ceiling takes its machine from its watch of the hosts: the
+    /// part of its latency before its first request (zero in a drain).
+    pub trigger_seconds: Latency,
     /// Requests to the workload API servers (`fakenode_workload_requests_total` of its
     /// own registry, counted by the controller's own request function).
     pub workload_requests: f64,
@@ -414,6 +417,7 @@ impl CeilingRun {
             elapsed_seconds: m(|r| r.elapsed_seconds),
             nodes_per_second: m(|r| r.nodes_per_second),
             latency_seconds: median_latency(runs.iter().map(|r| &r.latency_seconds)),
+            trigger_seconds: median_latency(runs.iter().map(|r| &r.trigger_seconds)),
             workload_requests: m(|r| r.workload_requests),
             requests_per_node: m(|r| r.requests_per_node),
             cpu_beside: CpuBeside::median(runs.iter().map(|r| &r.cpu_beside)),
@@ -748,6 +752,10 @@ pub fn render(report: &Report) -> String {
             line(
                 "latency p50/p90/p99/max (ceiling)",
                 quantiles(&c.latency_seconds),
+            );
+            line(
+                "of which its watch of the hosts",
+                quantiles(&c.trigger_seconds),
             );
             line(
                 "latency p50 against the ceiling",
