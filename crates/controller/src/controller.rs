@@ -266,7 +266,10 @@ pub async fn run(
     // The one place the advertised kubelet endpoint comes from: the kubelet API served.
     let mut config = config;
     config.fidelity.kubelet_endpoint = config.kubelet.map(|k| k.advertise);
-    let workloads = Arc::new(WorkloadClients::new(config.workload.clone()));
+    let workloads = Arc::new(WorkloadClients::new(
+        config.workload.clone(),
+        metrics.workload_connections.clone(),
+    ));
     let kubelets = Arc::new(Kubelets::new(config.fidelity.clone()));
     let shared = Arc::new(Shared {
         shard: config.shard,

@@ -107,6 +107,7 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub pending_machines: IntGauge,
     pub workload_clients: IntGauge,
+    pub workload_connections: IntCounter,
     pub workload_requests: IntCounterVec,
     pub workload_request_duration: HistogramVec,
     /// Time requests held back because a workload API server asked to retry later.
@@ -208,6 +209,11 @@ impl Metrics {
             workload_clients: IntGauge::new(
                 "fakenode_workload_clients",
                 "Cached workload cluster clients.",
+            )?,
+            workload_connections: IntCounter::new(
+                "fakenode_workload_connections_total",
+                "Connections opened to workload API servers: with idle connections closed \
+                 (--workload-idle-timeout), about one per heartbeat.",
             )?,
             workload_requests: IntCounterVec::new(
                 Opts::new(
@@ -334,6 +340,7 @@ impl Metrics {
         r.register(Box::new(self.reconcile_errors.clone()))?;
         r.register(Box::new(self.pending_machines.clone()))?;
         r.register(Box::new(self.workload_clients.clone()))?;
+        r.register(Box::new(self.workload_connections.clone()))?;
         r.register(Box::new(self.workload_requests.clone()))?;
         r.register(Box::new(self.workload_request_duration.clone()))?;
         r.register(Box::new(self.workload_server_wait.clone()))?;

@@ -21,6 +21,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use kube::Client;
 use kube::client::RustlsTlsError;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
+use prometheus::IntCounter;
 use secrecy::ExposeSecret;
 
 use crate::error::Error;
@@ -66,6 +67,8 @@ pub struct Settings {
     /// not stop a cluster's kubelets for an hour.
     pub max_retry_after: Duration,
     pub rewrites: Vec<ServerRewrite>,
+    /// How long an idle connection is kept (`None`: for as long as it lasts).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A kubelet's defaults (`kubeAPIQPS` 50, `kubeAPIBurst` 100).
@@ -75,6 +78,14 @@ pub const KUBELET_BURST: u32 = 100;
 /// hosts registering at once) is paced by the API server, not by this cap.
 pub const CLUSTER_QPS: u32 = 1000;
 pub const CLUSTER_BURST: u32 = 2000;
+
+/// How long an idle connection to a workload API server is kept: long enough for the
+/// requests of one registration or status report, which follow each other closely, and
+/// far shorter than the 40 s between a Node's heartbeats. A connection per cluster kept
+/// between heartbeats held about 25 KiB (hyper's dispatch channel and buffers, rustls'
+/// buffers) for every cluster, all the time; a heartbeat on a new connection resumes the
+/// TLS session instead, which needs no certificate signature on either side.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A count from a constant known to be above zero.
 pub fn non_zero(n: u32) -> NonZeroU32 {
@@ -92,6 +103,7 @@ impl Default for Settings {
             kubelet_burst: non_zero(KUBELET_BURST),
             max_retry_after: Duration::from_secs(30),
             rewrites: Vec::new(),
+            idle_timeout: Some(IDLE_TIMEOUT),
         }
     }
 }
@@ -275,13 +287,16 @@ struct Entry {
 /// The cache of workload clients, keyed by cluster.
 pub struct WorkloadClients {
     settings: Settings,
+    /// Counts every connection opened (`fakenode_workload_connections_total`).
+    connections: IntCounter,
     entries: Mutex<HashMap<ClusterKey, Entry>>,
 }
 
 impl WorkloadClients {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, connections: IntCounter) -> Self {
         Self {
             settings,
+            connections,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -301,7 +316,8 @@ impl WorkloadClients {
             return Ok(entry.client.clone());
         }
         let pause = Arc::new(ServerPause::default());
-        let (service, default_namespace) = build_service(source, &self.settings, &pause).await?;
+        let (service, default_namespace) =
+            build_service(source, &self.settings, &pause, &self.connections).await?;
         let client = WorkloadClient {
             cluster: cluster.clone(),
             service,
@@ -497,16 +513,16 @@ fn describe_client_error(e: &kube::Error) -> String {
     }
 }
 
-/// Idle connections kept per cluster: one carries its heartbeats; another, opened for
-/// requests sent side by side (a Node and its kubeadm-config), is closed once done rather
-/// than kept for every one of thousands of clusters.
+/// Idle connections kept per cluster (for [`Settings::idle_timeout`]): another, opened
+/// for requests sent side by side (a Node and its kubeadm-config), is closed once done
+/// rather than kept for every one of thousands of clusters.
 const IDLE_CONNECTIONS_PER_CLUSTER: usize = 1;
+/// TLS sessions remembered per client: any size up to 8 is one server's tickets, and a
+/// client speaks to one server (rustls' default remembers 32).
+const TLS_SESSIONS_KEPT: usize = 1;
 /// A connection's read buffer grows in steps of this size, not hyper's 8 KiB: an idle
 /// connection holds one step, and thousands of connections sit idle between heartbeats.
 const READ_BUFFER_STEP: usize = 2048;
-/// TLS sessions remembered per client: each client speaks to one server, where rustls'
-/// default cache makes room for 32 servers up front (about 14 KiB per client).
-const TLS_SESSIONS_KEPT: usize = 8;
 
 /// kube's own layers (base URI, credentials, extra headers) over a connection pool
 /// tuned for thousands of clients, one per cluster; kube's default stack keeps every
@@ -515,6 +531,7 @@ async fn build_service(
     source: &KubeconfigSource,
     settings: &Settings,
     pause: &Arc<ServerPause>,
+    connections: &IntCounter,
 ) -> Result<(Service, String), Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::ConfigExt;
@@ -538,11 +555,18 @@ async fn build_service(
     let mut tls = config
         .rustls_client_config()
         .map_err(|e| unusable(describe_client_error(&e)))?;
+    // Resumed sessions: with idle connections closed, a Node's next heartbeat opens a new
+    // one, and a full handshake would cost a signature with the client's key every time.
     tls.resumption = rustls::client::Resumption::in_memory_sessions(TLS_SESSIONS_KEPT);
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_nodelay(true);
+    let opened = connections.clone();
+    let http = tower::ServiceExt::map_response(http, move |io| {
+        opened.inc();
+        io
+    });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
@@ -561,6 +585,10 @@ async fn build_service(
     .wrap_connector(http);
     let pool = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_CLUSTER)
+        // With a timer the pool closes idle connections when they expire, not only when
+        // it next looks for one.
+        .pool_idle_timeout(settings.idle_timeout)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .http1_read_buf_exact_size(READ_BUFFER_STEP)
         .build(https);
     // Every answer passes here, whichever request it ends: a server's Retry-After holds
@@ -666,6 +694,10 @@ mod tests {
 
     use super::*;
 
+    fn connections() -> IntCounter {
+        IntCounter::new("connections", "opened").unwrap()
+    }
+
     fn source(yaml: &str) -> KubeconfigSource {
         KubeconfigSource {
             secret: "ns/c-kubeconfig".into(),
@@ -759,7 +791,7 @@ current-context: admin@c
             kubelet_burst: non_zero(2),
             ..Settings::default()
         };
-        let clients = WorkloadClients::new(settings);
+        let clients = WorkloadClients::new(settings, connections());
         let cluster = ClusterKey {
             namespace: "ns".into(),
             name: "c".into(),
@@ -834,17 +866,27 @@ current-context: admin@c
             &format!("certificate-authority-data: '{}'", b64(&ca)),
         );
         assert!(
-            build_service(&source(&inline), &Settings::default(), &Arc::default())
-                .await
-                .is_ok()
+            build_service(
+                &source(&inline),
+                &Settings::default(),
+                &Arc::default(),
+                &connections()
+            )
+            .await
+            .is_ok()
         );
         let path = GOOD.replace(
             "certificate-authority-data: ''",
             &format!("certificate-authority: '{}'", file.path().display()),
         );
-        let e = build_service(&source(&path), &Settings::default(), &Arc::default())
-            .await
-            .expect_err("a Secret named a local file and it was read");
+        let e = build_service(
+            &source(&path),
+            &Settings::default(),
+            &Arc::default(),
+            &connections(),
+        )
+        .await
+        .expect_err("a Secret named a local file and it was read");
         assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
         assert!(e.to_string().contains("file path"), "{e}");
     }
@@ -852,16 +894,21 @@ current-context: admin@c
     #[tokio::test]
     async fn a_kubeconfig_without_a_usable_context_is_unusable() {
         let no_context = GOOD.replace("current-context: admin@c", "current-context: nope");
-        let e = build_service(&source(&no_context), &Settings::default(), &Arc::default())
-            .await
-            .err()
-            .unwrap();
+        let e = build_service(
+            &source(&no_context),
+            &Settings::default(),
+            &Arc::default(),
+            &connections(),
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
     }
 
     #[tokio::test]
     async fn the_cache_rebuilds_on_rotation_only() {
-        let clients = WorkloadClients::new(Settings::default());
+        let clients = WorkloadClients::new(Settings::default(), connections());
         let key = ClusterKey {
             namespace: "ns".into(),
             name: "c".into(),
@@ -1102,9 +1149,14 @@ current-context: context-zq7secret
             value: ByteString(MARKED.as_bytes().to_vec()),
         };
         assert!(
-            build_service(&marked, &Settings::default(), &Arc::default())
-                .await
-                .is_ok()
+            build_service(
+                &marked,
+                &Settings::default(),
+                &Arc::default(),
+                &connections()
+            )
+            .await
+            .is_ok()
         );
         let mut leaks = Vec::new();
         for (what, value, settings) in marked_variants() {
@@ -1112,7 +1164,8 @@ current-context: context-zq7secret
                 secret: "ns/c-kubeconfig".into(),
                 value: ByteString(value),
             };
-            let Err(e) = build_service(&source, &settings, &Arc::default()).await else {
+            let Err(e) = build_service(&source, &settings, &Arc::default(), &connections()).await
+            else {
                 panic!("{what}: accepted");
             };
             let message = e.to_string();

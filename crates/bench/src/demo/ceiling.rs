@@ -245,9 +245,9 @@ pub async fn send(
     fidelity: Fidelity,
     concurrency: u16,
 ) -> anyhow::Result<f64> {
-    let clients = WorkloadClients::new(settings);
-    let kubelets = Kubelets::new(fidelity);
     let metrics = Metrics::new()?;
+    let clients = WorkloadClients::new(settings, metrics.workload_connections.clone());
+    let kubelets = Kubelets::new(fidelity);
     let events = EventPublisher::new(mgmt.clone(), None);
     due.map(|i| {
         let (clients, kubelets, events, metrics) = (&clients, &kubelets, &events, &metrics);

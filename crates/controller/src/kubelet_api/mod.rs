@@ -625,7 +625,10 @@ mod tests {
             bind: "127.0.0.1:0".parse().unwrap(),
             advertise: "127.0.0.1:10250".parse().unwrap(),
         };
-        let workloads = Arc::new(WorkloadClients::new(crate::workload::Settings::default()));
+        let workloads = Arc::new(WorkloadClients::new(
+            crate::workload::Settings::default(),
+            metrics.workload_connections.clone(),
+        ));
         let limits = Limits {
             handshake_timeout: Duration::from_secs(1),
             ..Limits::default()

@@ -179,6 +179,61 @@ async fn between_reports_only_the_lease_is_renewed() {
     ctl.stop().await;
 }
 
+/// Idle connections to a workload API server are closed between heartbeats, and the
+/// heartbeats go on, each over a new connection (its TLS session resumed); with the idle
+/// timeout off (`--workload-idle-timeout 0`) one connection carries them all.
+#[tokio::test]
+#[cfg_attr(
+    not(envtest),
+    ignore = "needs the local control plane: run `make test`"
+)]
+async fn idle_connections_close_between_heartbeats() {
+    let env = common::env().await;
+    let mgmt = env.management.client().await.unwrap();
+    let server = &env.workloads[0];
+    for (idle, name) in [
+        (Some(Duration::from_millis(200)), "idle-closed"),
+        (None, "idle-kept"),
+    ] {
+        let ns = namespace_with_cluster(&mgmt, name, server).await;
+        let worker = machine(&mgmt, &ns, "md-0", false).await;
+        // Heartbeats every second, conditions only with the first: a Lease renewal each.
+        let fidelity = Fidelity {
+            status_report_interval: Duration::from_secs(3600),
+            ..living_nodes()
+        };
+        let mut config = with(fidelity, &ns);
+        config.workload.idle_timeout = idle;
+        let ctl = start_controller(config).await;
+        ready_node(server, &worker.spec.name).await;
+        let posted = || ctl.metrics.heartbeats.with_label_values(&["posted"]).get();
+        let first = eventually("a first heartbeat", LIMIT, || async {
+            let n = posted();
+            (n >= 1).then_some(n)
+        })
+        .await;
+        let opened = ctl.metrics.workload_connections.get();
+        eventually("four more heartbeats", LIMIT, || async {
+            (posted() >= first + 4).then_some(())
+        })
+        .await;
+        let failed = ctl.metrics.heartbeats.with_label_values(&["failed"]).get();
+        assert_eq!(failed, 0, "{name}: no heartbeat failed");
+        let since = ctl.metrics.workload_connections.get() - opened;
+        match idle {
+            Some(_) => assert!(
+                since >= 3,
+                "{name}: {since} connections opened for 4 heartbeats a second apart"
+            ),
+            None => assert!(
+                since <= 1,
+                "{name}: {since} connections opened for 4 heartbeats, the first one kept"
+            ),
+        }
+        ctl.stop().await;
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(envtest),
