@@ -898,6 +898,11 @@ async fn soak(
         samples.push(rss());
     }
     let (heartbeats_after, all_after, cpu_after) = counters().await?;
+    // The high-water mark since each process started: the run and the heartbeats since.
+    let peak: u64 = controllers
+        .iter()
+        .filter_map(|c| process_stats::peak_rss_bytes(c.process.pid()))
+        .sum();
     Ok(report::Soak::of_window(
         started.elapsed().as_secs_f64(),
         warm_up.as_secs_f64(),
@@ -905,6 +910,7 @@ async fn soak(
         all_after - all_before,
         cpu_after - cpu_before,
         samples,
+        peak,
     ))
 }
 

@@ -214,6 +214,9 @@ pub struct Soak {
     pub rss_bytes: Vec<u64>,
     /// The largest sample less the smallest: how flat memory stayed.
     pub rss_spread_bytes: u64,
+    /// Peak resident memory (all shards) at the window's end: the run and the heartbeats
+    /// since, every client still there.
+    pub peak_rss_bytes: u64,
 }
 
 impl Soak {
@@ -225,6 +228,7 @@ impl Soak {
         workload_requests: f64,
         cpu_seconds: f64,
         rss_bytes: Vec<u64>,
+        peak_rss_bytes: u64,
     ) -> Soak {
         let spread = match (rss_bytes.iter().max(), rss_bytes.iter().min()) {
             (Some(max), Some(min)) => max - min,
@@ -245,6 +249,7 @@ impl Soak {
             },
             rss_spread_bytes: spread,
             rss_bytes,
+            peak_rss_bytes,
         }
     }
 
@@ -266,6 +271,7 @@ impl Soak {
             cpu_seconds_per_1000_requests: m(|s| s.cpu_seconds_per_1000_requests),
             rss_bytes: Vec::new(),
             rss_spread_bytes: m(|s| s.rss_spread_bytes as f64).round() as u64,
+            peak_rss_bytes: m(|s| s.peak_rss_bytes as f64).round() as u64,
         }
     }
 }
@@ -860,6 +866,7 @@ pub fn render(report: &Report) -> String {
                 _ => spread,
             },
         );
+        line("peak RSS, run and soak", mib(s.peak_rss_bytes));
     }
     line(
         "loop closed (providerID set)",
@@ -916,12 +923,14 @@ mod tests {
             15_100.0,
             6.0,
             vec![80 * mib, 82 * mib, 81 * mib],
+            84 * mib,
         );
         assert_eq!(soak.heartbeat_requests_per_second, 25.0);
         assert_eq!(soak.cpu_percent_of_a_core, 1.0);
         assert!((soak.cpu_seconds_per_1000_requests - 6.0 / 15.1).abs() < 1e-9);
         assert_eq!(soak.rss_spread_bytes, 2 * mib);
-        let empty = Soak::of_window(0.0, 0.0, 0.0, 0.0, 0.0, Vec::new());
+        assert_eq!(soak.peak_rss_bytes, 84 * mib);
+        let empty = Soak::of_window(0.0, 0.0, 0.0, 0.0, 0.0, Vec::new(), 0);
         assert_eq!(
             (
                 empty.heartbeat_requests_per_second,
