@@ -81,7 +81,7 @@ pub struct RunArgs {
     /// How long an idle connection to a workload API server is kept (a Node's heartbeat
     /// opens a new one, resuming its TLS session); `0` keeps each for as long as it
     /// lasts, as a kubelet does, at about 25 KiB per cluster.
-    #[arg(long, env = "FAKENODE_WORKLOAD_IDLE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "FAKENODE_WORKLOAD_IDLE_TIMEOUT", default_value = "2s", value_parser = parse_duration_or_zero)]
     pub workload_idle_timeout: Duration,
 
     /// Timeout of one request to a workload API server.
@@ -354,6 +354,14 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
 
+    /// `metal3-fakenode run` with these flags.
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["metal3-fakenode", "run"];
+        argv.extend_from_slice(extra);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command;
+        *args
+    }
+
     #[test]
     fn bind_addresses_and_durations() {
         assert_eq!(
@@ -406,6 +414,18 @@ mod tests {
     }
 
     #[test]
+    fn idle_connections_are_closed_by_default_and_kept_with_zero() {
+        let idle = |extra: &[&str]| run_args(extra).workload_settings().idle_timeout;
+        assert_eq!(idle(&[]), workload::Settings::default().idle_timeout);
+        assert_eq!(idle(&[]), Some(workload::IDLE_TIMEOUT));
+        assert_eq!(
+            idle(&["--workload-idle-timeout", "500ms"]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(idle(&["--workload-idle-timeout", "0"]), None);
+    }
+
+    #[test]
     fn a_bare_zero_is_a_duration() {
         assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
@@ -426,12 +446,7 @@ mod tests {
 
     #[test]
     fn the_pod_name_gives_a_statefulsets_shard_and_the_lease_identity() {
-        let args = |extra: &[&str]| {
-            let mut argv = vec!["metal3-fakenode", "run"];
-            argv.extend_from_slice(extra);
-            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command;
-            args
-        };
+        let args = run_args;
         let pod = args(&["--shard-count", "3", "--pod-name", "metal3-fakenode-2"]);
         assert_eq!(pod.shard().unwrap().index, 2);
         let identity = pod.leader_election(pod.shard().unwrap()).identity;
