@@ -266,10 +266,7 @@ pub async fn run(
     // The one place the advertised kubelet endpoint comes from: the kubelet API served.
     let mut config = config;
     config.fidelity.kubelet_endpoint = config.kubelet.map(|k| k.advertise);
-    let workloads = Arc::new(WorkloadClients::new(
-        config.workload.clone(),
-        metrics.workload_connections.clone(),
-    ));
+    let workloads = Arc::new(WorkloadClients::new(config.workload.clone(), &metrics));
     let kubelets = Arc::new(Kubelets::new(config.fidelity.clone()));
     let shared = Arc::new(Shared {
         shard: config.shard,

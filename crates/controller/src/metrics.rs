@@ -108,6 +108,7 @@ pub struct Metrics {
     pub pending_machines: IntGauge,
     pub workload_clients: IntGauge,
     pub workload_connections: IntCounter,
+    pub workload_connections_open: IntGauge,
     pub workload_requests: IntCounterVec,
     pub workload_request_duration: HistogramVec,
     /// Time requests held back because a workload API server asked to retry later.
@@ -214,6 +215,10 @@ impl Metrics {
                 "fakenode_workload_connections_total",
                 "Connections opened to workload API servers: with idle connections closed \
                  (--workload-idle-timeout), about one per heartbeat.",
+            )?,
+            workload_connections_open: IntGauge::new(
+                "fakenode_workload_connections_open",
+                "Connections to workload API servers open now, idle or busy.",
             )?,
             workload_requests: IntCounterVec::new(
                 Opts::new(
@@ -341,6 +346,7 @@ impl Metrics {
         r.register(Box::new(self.pending_machines.clone()))?;
         r.register(Box::new(self.workload_clients.clone()))?;
         r.register(Box::new(self.workload_connections.clone()))?;
+        r.register(Box::new(self.workload_connections_open.clone()))?;
         r.register(Box::new(self.workload_requests.clone()))?;
         r.register(Box::new(self.workload_request_duration.clone()))?;
         r.register(Box::new(self.workload_server_wait.clone()))?;

@@ -14,17 +14,23 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
 use kube::Client;
 use kube::client::RustlsTlsError;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use secrecy::ExposeSecret;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::plan::{ClusterKey, KubeconfigSource};
 
 /// Replaces the start of a workload API server URL, as the original scale tests did by
@@ -287,16 +293,27 @@ struct Entry {
 /// The cache of workload clients, keyed by cluster.
 pub struct WorkloadClients {
     settings: Settings,
-    /// Counts every connection opened (`fakenode_workload_connections_total`).
-    connections: IntCounter,
+    connections: Connections,
     entries: Mutex<HashMap<ClusterKey, Entry>>,
 }
 
+/// What the connections to workload API servers are counted in.
+#[derive(Clone)]
+struct Connections {
+    /// `fakenode_workload_connections_total`
+    opened: IntCounter,
+    /// `fakenode_workload_connections_open`
+    open: IntGauge,
+}
+
 impl WorkloadClients {
-    pub fn new(settings: Settings, connections: IntCounter) -> Self {
+    pub fn new(settings: Settings, metrics: &Metrics) -> Self {
         Self {
             settings,
-            connections,
+            connections: Connections {
+                opened: metrics.workload_connections.clone(),
+                open: metrics.workload_connections_open.clone(),
+            },
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -521,7 +538,8 @@ const IDLE_CONNECTIONS_PER_CLUSTER: usize = 1;
 /// client speaks to one server (rustls' default remembers 32).
 const TLS_SESSIONS_KEPT: usize = 1;
 /// A connection's read buffer grows in steps of this size, not hyper's 8 KiB: an idle
-/// connection holds one step, and thousands of connections sit idle between heartbeats.
+/// connection holds one step, and with every connection kept (`--workload-idle-timeout
+/// 0`) thousands sit idle between heartbeats.
 const READ_BUFFER_STEP: usize = 2048;
 
 /// kube's own layers (base URI, credentials, extra headers) over a connection pool
@@ -531,7 +549,7 @@ async fn build_service(
     source: &KubeconfigSource,
     settings: &Settings,
     pause: &Arc<ServerPause>,
-    connections: &IntCounter,
+    connections: &Connections,
 ) -> Result<(Service, String), Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::ConfigExt;
@@ -562,10 +580,9 @@ async fn build_service(
     http.enforce_http(false);
     http.set_connect_timeout(Some(settings.connect_timeout));
     http.set_nodelay(true);
-    let opened = connections.clone();
-    let http = tower::ServiceExt::map_response(http, move |io| {
-        opened.inc();
-        io
+    let connections = connections.clone();
+    let http = tower::ServiceExt::map_response(http, move |io: TokioIo<tokio::net::TcpStream>| {
+        TokioIo::new(Counted::new(io.into_inner(), &connections))
     });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -639,6 +656,78 @@ fn rewrite_server(config: &mut kube::Config, rewrites: &[ServerRewrite]) -> Resu
     Ok(())
 }
 
+/// A connection to a workload API server, counted while it is open: whether idle
+/// connections really close (the pool's timer) shows in `fakenode_workload_connections_open`.
+/// Written here because hyper and tower count requests, not connections; it only passes
+/// every call through.
+struct Counted<T> {
+    io: T,
+    open: IntGauge,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, connections: &Connections) -> Self {
+        connections.opened.inc();
+        connections.open.inc();
+        Self {
+            io,
+            open: connections.open.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
 /// Classifies a failed workload request by what an operator must do about it.
 pub fn classify(cluster: &ClusterKey, err: kube::Error) -> Error {
     let cluster = cluster.to_string();
@@ -694,8 +783,12 @@ mod tests {
 
     use super::*;
 
-    fn connections() -> IntCounter {
-        IntCounter::new("connections", "opened").unwrap()
+    fn connections() -> Connections {
+        let metrics = Metrics::new().unwrap();
+        Connections {
+            opened: metrics.workload_connections,
+            open: metrics.workload_connections_open,
+        }
     }
 
     fn source(yaml: &str) -> KubeconfigSource {
@@ -791,7 +884,7 @@ current-context: admin@c
             kubelet_burst: non_zero(2),
             ..Settings::default()
         };
-        let clients = WorkloadClients::new(settings, connections());
+        let clients = WorkloadClients::new(settings, &Metrics::new().unwrap());
         let cluster = ClusterKey {
             namespace: "ns".into(),
             name: "c".into(),
@@ -908,7 +1001,7 @@ current-context: admin@c
 
     #[tokio::test]
     async fn the_cache_rebuilds_on_rotation_only() {
-        let clients = WorkloadClients::new(Settings::default(), connections());
+        let clients = WorkloadClients::new(Settings::default(), &Metrics::new().unwrap());
         let key = ClusterKey {
             namespace: "ns".into(),
             name: "c".into(),

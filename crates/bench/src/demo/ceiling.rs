@@ -246,7 +246,7 @@ pub async fn send(
     concurrency: u16,
 ) -> anyhow::Result<f64> {
     let metrics = Metrics::new()?;
-    let clients = WorkloadClients::new(settings, metrics.workload_connections.clone());
+    let clients = WorkloadClients::new(settings, &metrics);
     let kubelets = Kubelets::new(fidelity);
     let events = EventPublisher::new(mgmt.clone(), None);
     due.map(|i| {

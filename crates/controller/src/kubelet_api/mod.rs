@@ -627,7 +627,7 @@ mod tests {
         };
         let workloads = Arc::new(WorkloadClients::new(
             crate::workload::Settings::default(),
-            metrics.workload_connections.clone(),
+            &metrics,
         ));
         let limits = Limits {
             handshake_timeout: Duration::from_secs(1),

@@ -179,9 +179,10 @@ async fn between_reports_only_the_lease_is_renewed() {
     ctl.stop().await;
 }
 
-/// Idle connections to a workload API server are closed between heartbeats, and the
-/// heartbeats go on, each over a new connection (its TLS session resumed); with the idle
-/// timeout off (`--workload-idle-timeout 0`) one connection carries them all.
+/// Idle connections to a workload API server are closed between heartbeats (while idle,
+/// not only when the next request looks for one), and the heartbeats go on, each over a
+/// new connection (its TLS session resumed); with the idle timeout off
+/// (`--workload-idle-timeout 0`) one connection stays open and carries them all.
 #[tokio::test]
 #[cfg_attr(
     not(envtest),
@@ -213,22 +214,33 @@ async fn idle_connections_close_between_heartbeats() {
         })
         .await;
         let opened = ctl.metrics.workload_connections.get();
-        eventually("four more heartbeats", LIMIT, || async {
-            (posted() >= first + 4).then_some(())
+        // Sampled through the heartbeats: whether the one cluster's connection was ever
+        // seen closed in between.
+        let open = || ctl.metrics.workload_connections_open.get();
+        let mut seen_closed = false;
+        eventually("four more heartbeats", LIMIT, || {
+            seen_closed |= open() == 0;
+            async { (posted() >= first + 4).then_some(()) }
         })
         .await;
         let failed = ctl.metrics.heartbeats.with_label_values(&["failed"]).get();
         assert_eq!(failed, 0, "{name}: no heartbeat failed");
         let since = ctl.metrics.workload_connections.get() - opened;
         match idle {
-            Some(_) => assert!(
-                since >= 3,
-                "{name}: {since} connections opened for 4 heartbeats a second apart"
-            ),
-            None => assert!(
-                since <= 1,
-                "{name}: {since} connections opened for 4 heartbeats, the first one kept"
-            ),
+            Some(_) => {
+                assert!(
+                    since >= 3,
+                    "{name}: {since} connections opened for 4 heartbeats a second apart"
+                );
+                assert!(seen_closed, "{name}: the idle connection was never closed");
+            }
+            None => {
+                assert!(
+                    since <= 1,
+                    "{name}: {since} connections opened for 4 heartbeats, the first one kept"
+                );
+                assert!(!seen_closed, "{name}: the connection was closed while idle");
+            }
         }
         ctl.stop().await;
     }
