@@ -791,6 +791,17 @@ mod tests {
         }
     }
 
+    /// A service from this kubeconfig with the default settings.
+    async fn build(source: &KubeconfigSource) -> Result<(Service, String), Error> {
+        build_service(
+            source,
+            &Settings::default(),
+            &Arc::default(),
+            &connections(),
+        )
+        .await
+    }
+
     fn source(yaml: &str) -> KubeconfigSource {
         KubeconfigSource {
             secret: "ns/c-kubeconfig".into(),
@@ -958,28 +969,14 @@ current-context: admin@c
             "certificate-authority-data: ''",
             &format!("certificate-authority-data: '{}'", b64(&ca)),
         );
-        assert!(
-            build_service(
-                &source(&inline),
-                &Settings::default(),
-                &Arc::default(),
-                &connections()
-            )
-            .await
-            .is_ok()
-        );
+        assert!(build(&source(&inline)).await.is_ok());
         let path = GOOD.replace(
             "certificate-authority-data: ''",
             &format!("certificate-authority: '{}'", file.path().display()),
         );
-        let e = build_service(
-            &source(&path),
-            &Settings::default(),
-            &Arc::default(),
-            &connections(),
-        )
-        .await
-        .expect_err("a Secret named a local file and it was read");
+        let e = build(&source(&path))
+            .await
+            .expect_err("a Secret named a local file and it was read");
         assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
         assert!(e.to_string().contains("file path"), "{e}");
     }
@@ -987,15 +984,7 @@ current-context: admin@c
     #[tokio::test]
     async fn a_kubeconfig_without_a_usable_context_is_unusable() {
         let no_context = GOOD.replace("current-context: admin@c", "current-context: nope");
-        let e = build_service(
-            &source(&no_context),
-            &Settings::default(),
-            &Arc::default(),
-            &connections(),
-        )
-        .await
-        .err()
-        .unwrap();
+        let e = build(&source(&no_context)).await.err().unwrap();
         assert_eq!(e.reason(), "kubeconfig_unusable", "{e}");
     }
 
@@ -1241,16 +1230,7 @@ current-context: context-zq7secret
             secret: "ns/c-kubeconfig".into(),
             value: ByteString(MARKED.as_bytes().to_vec()),
         };
-        assert!(
-            build_service(
-                &marked,
-                &Settings::default(),
-                &Arc::default(),
-                &connections()
-            )
-            .await
-            .is_ok()
-        );
+        assert!(build(&marked).await.is_ok());
         let mut leaks = Vec::new();
         for (what, value, settings) in marked_variants() {
             let source = KubeconfigSource {
