@@ -446,15 +446,14 @@ mod tests {
 
     #[test]
     fn the_pod_name_gives_a_statefulsets_shard_and_the_lease_identity() {
-        let args = run_args;
-        let pod = args(&["--shard-count", "3", "--pod-name", "metal3-fakenode-2"]);
+        let pod = run_args(&["--shard-count", "3", "--pod-name", "metal3-fakenode-2"]);
         assert_eq!(pod.shard().unwrap().index, 2);
         let identity = pod.leader_election(pod.shard().unwrap()).identity;
         assert_eq!(identity, "metal3-fakenode-2");
         // Unsharded, a Deployment's Pod name ending in digits means nothing.
-        let one = args(&["--pod-name", "metal3-fakenode-7d9f-4"]);
+        let one = run_args(&["--pod-name", "metal3-fakenode-7d9f-4"]);
         assert_eq!(one.shard().unwrap().index, 0);
-        let host = args(&["--host-name", "node-a"]);
+        let host = run_args(&["--host-name", "node-a"]);
         let identity = host.leader_election(host.shard().unwrap()).identity;
         assert!(identity.starts_with("node-a-"), "{identity}");
     }
