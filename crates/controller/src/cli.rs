@@ -81,7 +81,7 @@ pub struct RunArgs {
     /// How long an idle connection to a workload API server is kept (a Node's heartbeat
     /// opens a new one, resuming its TLS session); `0` keeps each for as long as it
     /// lasts, as a kubelet does, at about 25 KiB per cluster.
-    #[arg(long, env = "FAKENODE_WORKLOAD_IDLE_TIMEOUT", default_value = "2s", value_parser = parse_duration_or_zero)]
+    #[arg(long, env = "FAKENODE_WORKLOAD_IDLE_TIMEOUT", default_value = "2s", value_parser = parse_idle_timeout)]
     pub workload_idle_timeout: Duration,
 
     /// Timeout of one request to a workload API server.
@@ -338,6 +338,21 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
+/// Longest idle timeout accepted: beyond it a connection is as good as kept (`0` says so),
+/// and the pool adds the timeout to the clock, which a huge value would overflow.
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses `--workload-idle-timeout`: a duration up to a day, or `0`.
+pub fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d > MAX_IDLE_TIMEOUT {
+        return Err(format!(
+            "{s:?} is longer than a day; `0` keeps every connection for as long as it lasts"
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses a share between 0 and 1 (a command-line value).
 pub fn parse_fraction(s: &str) -> Result<f64, String> {
     let f: f64 = s
@@ -423,6 +438,10 @@ mod tests {
             Some(Duration::from_millis(500))
         );
         assert_eq!(idle(&["--workload-idle-timeout", "0"]), None);
+        assert_eq!(parse_idle_timeout("24h"), Ok(MAX_IDLE_TIMEOUT));
+        for bad in ["25h", "18446744073709551615s", "soon", "1"] {
+            assert!(parse_idle_timeout(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
