@@ -165,11 +165,19 @@ impl Bookkeeping {
     /// Notes when the watch first showed the Metal3Machine `key` needing a Node: the
     /// latency starts there, not when a worker gets to it, so queueing counts.
     fn saw_need(&self, key: String) {
-        lock(&self.timings)
-            .entry(key)
-            .or_default()
-            .needed
-            .get_or_insert_with(Timestamp::now);
+        let mut timings = lock(&self.timings);
+        let timing = timings.entry(key).or_default();
+        if timing.needed.is_none() {
+            let now = Timestamp::now();
+            timing.needed = Some(now);
+            timing.queued = Some(now);
+        }
+    }
+
+    /// When a watch saw the need of the Metal3Machine `key`, if no reconcile has started
+    /// since: given once, to the first reconcile after.
+    fn take_queued(&self, key: &str) -> Option<Timestamp> {
+        lock(&self.timings).get_mut(key)?.queued.take()
     }
 
     /// What this process remembers of the Metal3Machine `key`; its first sight is now,
@@ -233,6 +241,8 @@ fn timing_key(namespace: Option<&str>, name: &str) -> String {
 struct Timing {
     /// When this process first saw the Metal3Machine need a Node.
     needed: Option<Timestamp>,
+    /// When a watch saw the need, until a reconcile starts: the queue's wait.
+    queued: Option<Timestamp>,
     /// When this process created its Node.
     node_created: Option<Timestamp>,
     /// A fault withholds its Node (counted once).
@@ -1135,6 +1145,12 @@ async fn reconcile_one(
     let shared = &ctx.shared;
     let key = timing_key(m3m.namespace().as_deref(), &m3m.name_any());
     let now = Timestamp::now();
+    if let Some(queued) = shared.book.take_queued(&key) {
+        shared
+            .metrics
+            .reconcile_queue_wait
+            .observe(elapsed_seconds(queued, now));
+    }
     match plan::plan(
         m3m,
         &ctx.stores,
@@ -1598,5 +1614,32 @@ mod tests {
         assert!(lock(&book.timings).contains_key("b/m3"));
         book.retain(|_| true, |ns, name| (ns, name) == ("b", "m3"));
         assert_eq!(book.len(), 2, "what exists stays");
+    }
+
+    #[test]
+    fn the_queue_wait_is_given_once_per_need_a_watch_saw() {
+        let book = Bookkeeping::default();
+        let started = Timestamp::now();
+        // Seen first by a reconcile (a restart, a resync): no watch event to count from.
+        book.memory("ns/resynced", Timestamp::now(), started);
+        assert_eq!(book.take_queued("ns/resynced"), None);
+        book.saw_need("ns/resynced".into());
+        assert_eq!(
+            book.take_queued("ns/resynced"),
+            None,
+            "its need was known already"
+        );
+
+        book.saw_need("ns/m".into());
+        let seen = book.take_queued("ns/m").expect("the watch's sight");
+        assert_eq!(Some(seen), lock(&book.timings)["ns/m"].needed);
+        assert_eq!(
+            book.take_queued("ns/m"),
+            None,
+            "only the first reconcile after it"
+        );
+        book.saw_need("ns/m".into());
+        assert_eq!(book.take_queued("ns/m"), None, "the same need seen again");
+        assert_eq!(book.take_queued("ns/unknown"), None);
     }
 }

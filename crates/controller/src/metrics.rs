@@ -15,6 +15,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+/// A queue's wait is milliseconds when all is well: finer buckets at the low end.
+pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
+];
+
 /// Reconcile outcomes, the values of the `result` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReconcileResult {
@@ -102,6 +108,7 @@ pub struct Metrics {
     pub node_creation_latency: Histogram,
     pub provider_id_latency: Histogram,
     pub reconcile_duration: HistogramVec,
+    pub reconcile_queue_wait: Histogram,
     pub nodes_created: IntCounter,
     pub kubeadm_configs_created: IntCounter,
     pub reconcile_errors: IntCounterVec,
@@ -186,6 +193,15 @@ impl Metrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["result"],
+            )?,
+            reconcile_queue_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "fakenode_reconcile_queue_wait_seconds",
+                    "From the watch event that showed a Metal3Machine needing a Node to the \
+                     start of the reconcile that acts on it: the controller's queue (kube-runtime's \
+                     scheduler, a free worker).",
+                )
+                .buckets(QUEUE_WAIT_BUCKETS.to_vec()),
             )?,
             nodes_created: IntCounter::new(
                 "fakenode_nodes_created_total",
@@ -340,6 +356,7 @@ impl Metrics {
         r.register(Box::new(self.node_creation_latency.clone()))?;
         r.register(Box::new(self.provider_id_latency.clone()))?;
         r.register(Box::new(self.reconcile_duration.clone()))?;
+        r.register(Box::new(self.reconcile_queue_wait.clone()))?;
         r.register(Box::new(self.nodes_created.clone()))?;
         r.register(Box::new(self.kubeadm_configs_created.clone()))?;
         r.register(Box::new(self.reconcile_errors.clone()))?;

@@ -761,6 +761,10 @@ async fn measure(
         nodes_per_second: report::per_second(nodes_created as f64, elapsed),
         latency_seconds: Latency::from_samples(&observed.latencies),
         controller_histogram: report::summarize_buckets(&report::merge_buckets(&buckets)),
+        controller_queue_wait_seconds: report::histogram_mean(
+            metrics.iter().map(|(_, text)| text.as_str()),
+            "fakenode_reconcile_queue_wait_seconds",
+        ),
         controller_nodes_created_total: shard_reports.iter().map(|s| s.nodes_created).sum(),
         workload_requests,
         requests_per_node: report::per_node(workload_requests, nodes_created),

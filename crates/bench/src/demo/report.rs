@@ -148,6 +148,10 @@ pub struct Run {
     /// `fakenode_node_creation_latency_seconds` from the controller's `/metrics` (every
     /// shard's buckets added up).
     pub controller_histogram: HistogramSummary,
+    /// Mean of `fakenode_reconcile_queue_wait_seconds` (every shard's): the part of the
+    /// controller's latency spent between its watch's event and its reconcile's start,
+    /// which a plain client does not have. `None` when nothing was observed.
+    pub controller_queue_wait_seconds: Option<f64>,
     /// `fakenode_nodes_created_total`, summed over the shards.
     pub controller_nodes_created_total: f64,
     /// `fakenode_workload_requests_total` (all verbs and codes, all shards) once the
@@ -472,6 +476,9 @@ impl Run {
                 p90: m(|r| r.controller_histogram.p90),
                 p99: m(|r| r.controller_histogram.p99),
             },
+            controller_queue_wait_seconds: median_some(
+                runs.iter().map(|r| r.controller_queue_wait_seconds),
+            ),
             controller_nodes_created_total: m(|r| r.controller_nodes_created_total),
             workload_requests: m(|r| r.workload_requests),
             requests_per_node: m(|r| r.requests_per_node),
@@ -551,6 +558,22 @@ pub const WORKLOAD_REQUESTS: &str = "fakenode_workload_requests_total";
 /// codes).
 pub fn total(text: &str, name: &str) -> f64 {
     samples(text, name).iter().map(|(_, v)| v).sum()
+}
+
+/// The mean of a histogram over every text (e.g. one per shard); `None` without samples.
+pub fn histogram_mean<'a>(
+    texts: impl IntoIterator<Item = &'a str> + Clone,
+    name: &str,
+) -> Option<f64> {
+    let of = |suffix: &str| {
+        texts
+            .clone()
+            .into_iter()
+            .map(|t| total(t, &format!("{name}_{suffix}")))
+            .sum::<f64>()
+    };
+    let count = of("count");
+    (count > 0.0).then(|| of("sum") / count)
 }
 
 pub fn summarize_histogram(text: &str, name: &str) -> HistogramSummary {
@@ -743,6 +766,12 @@ pub fn render(report: &Report) -> String {
             h.count
         ),
     );
+    if let Some(wait) = r.controller_queue_wait_seconds {
+        line(
+            "of which its queue (mean)",
+            format!("{} from its watch's event to its reconcile", ms(wait)),
+        );
+    }
     if let Some(c) = &r.ceiling {
         line(
             "ceiling (plain client, no rate limit)",
@@ -1091,6 +1120,16 @@ mod tests {
         assert_eq!(merged, [(0.1, 2.0), (0.2, 10.0), (f64::INFINITY, 10.0)]);
         assert_eq!(summarize_buckets(&merged).count, 10.0);
         assert!(merge_buckets(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_histograms_mean_is_taken_over_every_shard() {
+        let a = "q_sum 0.004\nq_count 2\n";
+        let b = "q_sum{shard=\"1\"} 0.011\nq_count{shard=\"1\"} 3\n";
+        let mean = histogram_mean([a, b], "q").unwrap();
+        assert!((mean - 0.003).abs() < 1e-12, "{mean}");
+        assert_eq!(histogram_mean(["q_sum 0\nq_count 0\n"], "q"), None);
+        assert_eq!(histogram_mean([""], "q"), None);
     }
 
     fn report(runs: Vec<Run>) -> Report {
