@@ -24,6 +24,19 @@ pub enum Command {
     /// End to end with the real CAPI, KCP, CABPK, CAPM3 and baremetal-operator as local
     /// processes: N workload clusters created, scaled, upgraded and deleted, and a report.
     E2e(E2eArgs),
+    /// How long kube-runtime's scheduler holds a reconcile request that is due now,
+    /// against a plain channel: the floor of the controller's queue wait.
+    QueueDelay(QueueDelayArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct QueueDelayArgs {
+    /// Requests sent through each queue.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub requests: u32,
+    /// Between two requests (20ms: the demo's 50 hosts/s).
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    pub interval: Duration,
 }
 
 /// Where a workload cluster's etcd runs.
@@ -242,7 +255,7 @@ mod tests {
         let argv = ["metal3-fakenode-bench", "demo"].iter().chain(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Demo(d) => d,
-            Command::E2e(_) => unreachable!("parsed demo"),
+            Command::E2e(_) | Command::QueueDelay(_) => unreachable!("parsed demo"),
         })
     }
 

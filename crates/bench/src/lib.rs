@@ -6,6 +6,7 @@ pub mod cli;
 pub mod demo;
 pub mod e2e;
 pub mod fronts;
+pub mod queue_delay;
 
 use std::path::PathBuf;
 

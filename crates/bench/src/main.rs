@@ -1,4 +1,4 @@
-//! Wiring only: the demo or the end-to-end run.
+//! Wiring only: the demo, the end-to-end run or the queue-delay benchmark.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Demo(args) => metal3_fakenode_bench::demo::run(args).await,
         Command::E2e(args) => metal3_fakenode_bench::e2e::main(args).await,
+        Command::QueueDelay(args) => metal3_fakenode_bench::queue_delay::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
