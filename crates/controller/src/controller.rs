@@ -195,15 +195,16 @@ impl Bookkeeping {
 
     /// As [`Bookkeeping::saw_need`], for the Metal3Machine `m3m` (the store's copy, if it
     /// has one) only if it is this shard's: another shard's, or one not watched here,
-    /// would never be forgotten.
+    /// would never be forgotten. One whose loop is closed needs nothing: every update of
+    /// its host would otherwise note a need its reconcile drops at once.
     fn saw_need_of(&self, shard: &Shard, m3m: Option<&Tolerant<Metal3Machine>>, key: String) {
-        let owned = m3m.is_some_and(|m| {
+        let needs = m3m.is_some_and(|m| {
             shard.owns(
                 m.namespace().as_deref().unwrap_or_default(),
                 m.labels().get(CLUSTER_NAME_LABEL).map(String::as_str),
-            )
+            ) && m.read().map_or(true, |m| !plan::has_provider_id(m))
         });
-        if owned {
+        if needs {
             self.saw_need(key);
         }
     }
@@ -1594,6 +1595,12 @@ mod tests {
         assert_eq!(book.len(), 0, "another shard's, or one not in the store");
         book.saw_need_of(&mine, Some(&m3m), "ns/m".into());
         assert_eq!(book.len(), 1);
+        let mut closed = m3m.clone();
+        if let Tolerant::Read(m) = &mut closed {
+            m.spec.provider_id = Some("metal3://ns/h/m".into());
+        }
+        book.saw_need_of(&mine, Some(&closed), "ns/closed".into());
+        assert_eq!(book.len(), 1, "its loop is closed: nothing to note");
     }
 
     #[test]

@@ -147,6 +147,15 @@ fn other_consumer(host: &BareMetalHost, m3m: &Metal3Machine) -> Option<String> {
     (!ours).then(|| format!("{kind} {namespace}/{name}"))
 }
 
+/// CAPM3 has closed the loop: the Metal3Machine needs no Node from us (an empty
+/// providerID is none).
+pub fn has_provider_id(m3m: &Metal3Machine) -> bool {
+    m3m.spec
+        .provider_id
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+}
+
 /// Decides what the Metal3Machine needs. `kubelet` is where this process serves the
 /// Nodes' kubelet API, if it does; `now` stamps the Node's conditions.
 pub fn plan(
@@ -155,12 +164,7 @@ pub fn plan(
     kubelet: Option<std::net::SocketAddr>,
     now: &Time,
 ) -> Result<Plan, Error> {
-    if m3m
-        .spec
-        .provider_id
-        .as_deref()
-        .is_some_and(|p| !p.is_empty())
-    {
+    if has_provider_id(m3m) {
         return Ok(Plan::Closed);
     }
     let namespace = m3m.namespace().unwrap_or_default();
