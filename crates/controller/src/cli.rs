@@ -81,7 +81,7 @@ pub struct RunArgs {
     /// How long an idle connection to a workload API server is kept (a Node's heartbeat
     /// opens a new one, resuming its TLS session); `0` keeps each for as long as it
     /// lasts, as a kubelet does, at about 25 KiB per cluster.
-    #[arg(long, env = "FAKENODE_WORKLOAD_IDLE_TIMEOUT", default_value = "2s", value_parser = parse_idle_timeout)]
+    #[arg(long, env = "FAKENODE_WORKLOAD_IDLE_TIMEOUT", default_value = "500ms", value_parser = parse_idle_timeout)]
     pub workload_idle_timeout: Duration,
 
     /// Timeout of one request to a workload API server.
@@ -434,8 +434,8 @@ mod tests {
         assert_eq!(idle(&[]), workload::Settings::default().idle_timeout);
         assert_eq!(idle(&[]), Some(workload::IDLE_TIMEOUT));
         assert_eq!(
-            idle(&["--workload-idle-timeout", "500ms"]),
-            Some(Duration::from_millis(500))
+            idle(&["--workload-idle-timeout", "3s"]),
+            Some(Duration::from_secs(3))
         );
         assert_eq!(idle(&["--workload-idle-timeout", "0"]), None);
         assert_eq!(parse_idle_timeout("24h"), Ok(MAX_IDLE_TIMEOUT));

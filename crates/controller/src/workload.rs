@@ -86,12 +86,15 @@ pub const CLUSTER_QPS: u32 = 1000;
 pub const CLUSTER_BURST: u32 = 2000;
 
 /// How long an idle connection to a workload API server is kept: long enough for the
-/// requests of one registration or status report, which follow each other closely, and
-/// far shorter than the 40 s between a Node's heartbeats. A connection per cluster kept
-/// between heartbeats held about 25 KiB (hyper's dispatch channel and buffers, rustls'
-/// buffers) for every cluster, all the time; a heartbeat on a new connection resumes the
-/// TLS session instead, which needs no certificate signature on either side.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// requests of one registration or status report, which follow each other within
+/// milliseconds, and far shorter than the 40 s between a Node's heartbeats. A connection
+/// per cluster kept between heartbeats held about 25 KiB (hyper's dispatch channel and
+/// buffers, rustls' buffers) for every cluster, all the time; a heartbeat on a new
+/// connection resumes the TLS session instead, which needs no certificate signature on
+/// either side. Half a second rather than 2 s: the same connections are opened (3.6 per
+/// cluster in a full-fidelity drain of 1000 clusters), but fewer sit idle at once, which
+/// took 10-12 MiB off that drain's peak.
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A count from a constant known to be above zero.
 pub fn non_zero(n: u32) -> NonZeroU32 {
