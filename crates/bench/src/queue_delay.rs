@@ -14,8 +14,8 @@ use kube::runtime::scheduler::{ScheduleRequest, scheduler};
 use crate::cli::QueueDelayArgs;
 use crate::demo::report::Latency;
 
-/// Sends `requests` messages `interval` apart through `queue` (fed by the returned
-/// sender) and returns how long each took to come out, in seconds.
+/// Sends `requests` messages `interval` apart through `queue` (built over the channel
+/// they are sent on) and returns how long each took to come out, in seconds.
 async fn delays<S>(
     requests: u32,
     interval: Duration,
