@@ -58,7 +58,7 @@ impl Stores {
             .state()
             .iter()
             .filter_map(|m| m.read().ok())
-            .filter(|m| m.spec.provider_id.as_deref().is_none_or(str::is_empty))
+            .filter(|m| !plan::has_provider_id(m))
             .filter(|m| {
                 plan::host_ref(m).ok().is_some_and(|(ns, name)| {
                     self.host(&ns, &name).is_some_and(|h| {

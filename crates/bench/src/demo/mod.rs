@@ -1209,7 +1209,7 @@ async fn count_provider_ids(api: &Api<Metal3Machine>) -> Result<usize, kube::Err
         closed += page
             .items
             .iter()
-            .filter(|m| m.spec.provider_id.as_deref().is_some_and(|p| !p.is_empty()))
+            .filter(|m| metal3_fakenode::plan::has_provider_id(m))
             .count();
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
