@@ -168,16 +168,19 @@ impl Bookkeeping {
         let mut timings = lock(&self.timings);
         let timing = timings.entry(key).or_default();
         if timing.needed.is_none() {
-            let now = Timestamp::now();
-            timing.needed = Some(now);
-            timing.queued = Some(now);
+            timing.needed = Some(Timestamp::now());
+            timing.queued = true;
         }
     }
 
     /// When a watch saw the need of the Metal3Machine `key`, if no reconcile has started
     /// since: given once, to the first reconcile after.
     fn take_queued(&self, key: &str) -> Option<Timestamp> {
-        lock(&self.timings).get_mut(key)?.queued.take()
+        let mut timings = lock(&self.timings);
+        let timing = timings.get_mut(key)?;
+        std::mem::take(&mut timing.queued)
+            .then_some(timing.needed)
+            .flatten()
     }
 
     /// What this process remembers of the Metal3Machine `key`; its first sight is now,
@@ -242,8 +245,9 @@ fn timing_key(namespace: Option<&str>, name: &str) -> String {
 struct Timing {
     /// When this process first saw the Metal3Machine need a Node.
     needed: Option<Timestamp>,
-    /// When a watch saw the need, until a reconcile starts: the queue's wait.
-    queued: Option<Timestamp>,
+    /// A watch saw the need (at `needed`) and no reconcile has started since: the
+    /// queue's wait is still to be counted.
+    queued: bool,
     /// When this process created its Node.
     node_created: Option<Timestamp>,
     /// A fault withholds its Node (counted once).
